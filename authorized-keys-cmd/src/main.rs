@@ -1,0 +1,3 @@
+//! authorized-keys-cmd
+
+fn main() {}

@@ -1,0 +1,28 @@
+//! The grant record shared by `keyctl`, `authorized-keys-cmd` and `node-exec`.
+//!
+//! A *grant* lets one SSH public key log in to one node as one login user until an expiry. Grants
+//! are stored on the Node object, one annotation each, in the format documented in
+//! `docs/grant-format.md`. This crate parses and validates that format at the trust boundary:
+//! whatever is found on a Node is either a [`Grant`] that passed every check, or an
+//! [`InvalidGrant`] that is reported and never used.
+//!
+//! The `client` feature adds Kubernetes client setup for the workstation tools; the login-path
+//! binary leaves it off to keep its dependency tree small.
+
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "client")]
+pub mod client;
+pub mod expiry;
+pub mod grant;
+pub mod key;
+pub mod node;
+pub mod prefix;
+pub mod user;
+
+pub use expiry::Expiry;
+pub use grant::{Grant, GrantError, GrantText};
+pub use key::{Fingerprint, GrantKey, KeyError};
+pub use node::{InvalidGrant, NodeGrants};
+pub use prefix::AnnotationPrefix;
+pub use user::LoginUser;

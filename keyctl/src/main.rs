@@ -1,0 +1,3 @@
+//! keyctl
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! node-exec
+
+fn main() {}
