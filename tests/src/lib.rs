@@ -1,1 +1,44 @@
-//! harness
+//! Test harness for nodegate: real components, started by the tests themselves.
+//!
+//! - [`Cluster`]: etcd + kube-apiserver (RBAC, Node authorizer, NodeRestriction), optionally
+//!   kube-controller-manager; certificates and kubeconfigs for any identity.
+//! - [`process::Scratch`]: temp dirs and daemons that are cleaned up when the test process ends,
+//!   however it ends.
+//!
+//! Prerequisites are installed by `tests/cluster/install-deps`.
+
+pub mod cluster;
+pub mod pki;
+pub mod process;
+
+pub use cluster::Cluster;
+pub use pki::Validity;
+
+use std::path::PathBuf;
+
+/// The path of a binary of this workspace, built by `cargo build` into the same target dir as
+/// the running test. Binaries of the test's own package are better found via
+/// `env!("CARGO_BIN_EXE_<name>")`; this is for the others.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: build the workspace binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// The workspace root (where `Cargo.toml` with `[workspace]` is).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
