@@ -8,8 +8,10 @@
 //! Prerequisites are installed by `tests/cluster/install-deps`.
 
 pub mod cluster;
+pub mod kubelet;
 pub mod pki;
 pub mod process;
+pub mod sshd;
 
 pub use cluster::Cluster;
 pub use pki::Validity;
