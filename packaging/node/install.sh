@@ -1,0 +1,143 @@
+#!/bin/sh
+# Installs nodegate on a node without a package manager (or into an image being built), with
+# exactly the files and setup steps of the nodegate-node .deb and .rpm: the packages are built
+# by running this script with --destdir, and their maintainer scripts call the same library
+# (nodegate-sshd.sh) as this script does.
+#
+# Run as root from the unpacked nodegate-node-VERSION-linux-ARCH.tar.gz (which holds this
+# script, authorized-keys-cmd and the files next to it):
+#
+#   ./install.sh                      install and turn on (user, cache dir, units, sshd drop-in)
+#   ./install.sh --prefix /usr/local  the same under another prefix (read-only /usr: CoreOS)
+#   ./install.sh --uninstall          undo: drop-in removed, units off, files removed
+#   ./install.sh --uninstall --purge  also remove /etc/nodegate and /var/lib/nodegate
+#   ./install.sh --destdir DIR        only copy the files under DIR (how packages are built)
+#
+# Options: --binary PATH (default: ./authorized-keys-cmd), --systemd-dir DIR (default
+# PREFIX/lib/systemd/system for /usr, /etc/systemd/system otherwise).
+# Environment: NODEGATE_SSHD_RELOAD=no to never reload sshd (see nodegate-sshd.sh).
+set -eu
+
+src=$(cd "$(dirname "$0")" && pwd)
+prefix=/usr
+destdir=
+binary=$src/authorized-keys-cmd
+systemd_dir=
+action=install
+purge=no
+
+usage() {
+  sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
+  exit 2
+}
+
+while [ $# -gt 0 ]; do
+  case $1 in
+    --prefix) prefix=${2:?--prefix needs a directory}; shift 2 ;;
+    --destdir) destdir=${2:?--destdir needs a directory}; shift 2 ;;
+    --binary) binary=${2:?--binary needs a path}; shift 2 ;;
+    --systemd-dir) systemd_dir=${2:?--systemd-dir needs a directory}; shift 2 ;;
+    --uninstall) action=uninstall; shift ;;
+    --purge) purge=yes; shift ;;
+    -h | --help) usage ;;
+    *) echo "install.sh: unknown argument '$1'" >&2; usage ;;
+  esac
+done
+
+libexec=$prefix/libexec/nodegate
+share=$prefix/share/nodegate
+man8=$prefix/share/man/man8
+if [ -z "$systemd_dir" ]; then
+  if [ "$prefix" = /usr ]; then systemd_dir=/usr/lib/systemd/system; else systemd_dir=/etc/systemd/system; fi
+fi
+units="nodegate-node-credentials.path nodegate-node-credentials.service nodegate-cache-refresh.timer"
+unit_files="nodegate-node-credentials.path nodegate-node-credentials.service nodegate-cache-refresh.service nodegate-cache-refresh.timer"
+
+if [ -z "$destdir" ] && [ "$(id -u)" != 0 ]; then
+  echo "install.sh: run as root (it installs into $prefix, /etc and /var/lib)" >&2
+  exit 1
+fi
+
+# Copies a text file, pointing it at PREFIX when that is not /usr.
+put_text() { # MODE SOURCE TARGET
+  mkdir -p "$(dirname "$3")"
+  sed -e "s|/usr/libexec/nodegate|$libexec|g" -e "s|/usr/share/nodegate|$share|g" "$2" >"$3.tmp"
+  chmod "$1" "$3.tmp"
+  mv -f "$3.tmp" "$3"
+}
+
+install_files() { # ROOT
+  root=$1
+  [ -f "$binary" ] || { echo "install.sh: $binary not found (pass --binary PATH)" >&2; exit 1; }
+  mkdir -p "$root$libexec"
+  cp "$binary" "$root$libexec/authorized-keys-cmd.tmp"
+  chmod 0755 "$root$libexec/authorized-keys-cmd.tmp"
+  mv -f "$root$libexec/authorized-keys-cmd.tmp" "$root$libexec/authorized-keys-cmd"
+  put_text 0755 "$src/export-node-kubeconfig" "$root$libexec/export-node-kubeconfig"
+  put_text 0644 "$src/nodegate-sshd.sh" "$root$share/nodegate-sshd.sh"
+  put_text 0644 "$src/50-nodegate.conf" "$root$share/50-nodegate.conf"
+  for unit in $unit_files; do
+    put_text 0644 "$src/systemd/$unit" "$root$systemd_dir/$unit"
+  done
+  mkdir -p "$root$man8"
+  gzip -9n <"$src/authorized-keys-cmd.8" >"$root$man8/authorized-keys-cmd.8.gz"
+  chmod 0644 "$root$man8/authorized-keys-cmd.8.gz"
+  # The config is the administrator's once installed: never overwritten on a live system.
+  if [ -n "$destdir" ] || [ ! -e /etc/nodegate/authorized-keys-cmd.toml ]; then
+    put_text 0644 "$src/authorized-keys-cmd.toml" "$root/etc/nodegate/authorized-keys-cmd.toml"
+  fi
+  chmod 0755 "$root/etc/nodegate"
+}
+
+have_systemd() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
+
+if [ -n "$destdir" ]; then
+  install_files "$destdir"
+  exit 0
+fi
+
+case $action in
+  install)
+    install_files ""
+    NODEGATE_SHARE_DIR=$share NODEGATE_LIBEXEC_DIR=$libexec
+    . "$share/nodegate-sshd.sh"
+    nodegate_setup_user_and_dirs
+    "$libexec/export-node-kubeconfig" 2>/dev/null || echo "install.sh: no kubelet kubeconfig yet; nodegate-node-credentials exports it when the kubelet has one" >&2
+    if command -v systemctl >/dev/null 2>&1; then
+      if have_systemd; then
+        systemctl daemon-reload
+        systemctl enable --now $units
+      else
+        systemctl enable $units # an image being built: they start on boot
+      fi
+    else
+      echo "install.sh: no systemd; run $libexec/export-node-kubeconfig when the kubelet's credentials change and 'authorized-keys-cmd refresh' as user nodegate every few minutes" >&2
+    fi
+    nodegate_sshd_enable
+    ;;
+  uninstall)
+    NODEGATE_SHARE_DIR=$share NODEGATE_LIBEXEC_DIR=$libexec
+    if [ -f "$share/nodegate-sshd.sh" ]; then
+      . "$share/nodegate-sshd.sh"
+    else
+      . "$src/nodegate-sshd.sh"
+    fi
+    nodegate_sshd_disable
+    if command -v systemctl >/dev/null 2>&1; then
+      if have_systemd; then
+        systemctl disable --now $units || true
+      else
+        systemctl disable $units || true
+      fi
+    fi
+    for unit in $unit_files; do rm -f "$systemd_dir/$unit"; done
+    have_systemd && systemctl daemon-reload
+    rm -f "$libexec/authorized-keys-cmd" "$libexec/export-node-kubeconfig" \
+      "$share/nodegate-sshd.sh" "$share/50-nodegate.conf" "$man8/authorized-keys-cmd.8.gz"
+    rmdir "$libexec" "$share" 2>/dev/null || true
+    if [ "$purge" = yes ]; then
+      rm -rf /etc/nodegate /var/lib/nodegate
+    fi
+    echo "install.sh: nodegate removed" >&2
+    ;;
+esac
