@@ -1,3 +1,27 @@
-//! keyctl
+//! keyctl's entry point; everything else is in the library.
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use keyctl::cli::Cli;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEYCTL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,keyctl=info")),
+        )
+        .with_target(false)
+        .without_time()
+        .init();
+    match keyctl::run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! `keyctl grant`: one merge patch per node that sets one annotation per key.
+
+use anyhow::{Context as _, bail};
+use chrono::Utc;
+use kube::api::Patch;
+use kube::api::PatchParams;
+use nodegate_core::grant::escape_for_display;
+use nodegate_core::node::{ANNOTATIONS_SIZE_LIMIT, annotations_size};
+use nodegate_core::{Expiry, Grant, GrantText, LoginUser};
+
+use crate::access::{self, GRANTER_ROLE, Permission};
+use crate::cli::GrantArgs;
+use crate::commands::describe_expiry;
+use crate::events::{AuditTrail, GrantChange};
+use crate::nodes::{self, NodeMeta};
+use crate::session::Session;
+use crate::{fleet, keys, patch};
+
+/// Why a grant cannot go on a node.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantRefused {
+    /// The node's annotations would exceed Kubernetes' total size limit.
+    #[error(
+        "the node's annotations would grow to {would_be} bytes, over Kubernetes' limit of {ANNOTATIONS_SIZE_LIMIT}; remove expired grants with `keyctl prune {node}` or revoke some with `keyctl revoke {node} ...`"
+    )]
+    NodeFull {
+        /// The node.
+        node: String,
+        /// The total size the grant would lead to.
+        would_be: usize,
+    },
+}
+
+/// Runs `keyctl grant`. Returns whether every node succeeded.
+pub async fn run(session: &Session, args: &GrantArgs) -> anyhow::Result<bool> {
+    let user = LoginUser::new(&args.user).context("--user")?;
+    let now = Utc::now();
+    let expiry = match (&args.expires, args.permanent) {
+        (_, true) => Expiry::Permanent,
+        (Some(text), false) => Expiry::parse_user_input(text, now).context("--expires")?,
+        (None, false) => {
+            bail!("say when the grant ends with --expires (e.g. --expires 2h), or pass --permanent")
+        }
+    };
+    let reason = args
+        .reason
+        .as_deref()
+        .map(|r| GrantText::new("reason", r))
+        .transpose()
+        .context("--reason")?;
+    let (key_path, keys) = keys::read_keys(args.key.as_deref())?;
+
+    let api = session.nodes();
+    let resolved = nodes::resolve(
+        &api,
+        &args.target.nodes,
+        args.target.selector.as_deref(),
+        false,
+        session.concurrency,
+    )
+    .await?;
+    let caller = session.caller().await;
+    let names: Vec<String> = resolved.found.keys().cloned().collect();
+    access::require_on_nodes(
+        &session.client,
+        &caller,
+        Permission {
+            verb: "patch",
+            group: "",
+            resource: "nodes",
+            namespace: None,
+        },
+        &names,
+        GRANTER_ROLE,
+        session.concurrency,
+    )
+    .await?;
+
+    let granted_by = GrantText::new("granted-by", &caller)
+        .or_else(|_| GrantText::new("granted-by", &escape_for_display(&caller)))
+        .context("your user name cannot be recorded in a grant")?;
+    let grants: Vec<Grant> = keys
+        .into_iter()
+        .map(|key| Grant {
+            user: user.clone(),
+            key,
+            expiry,
+            granted_by: granted_by.clone(),
+            granted_at: now,
+            reason: reason.clone(),
+        })
+        .collect();
+    for grant in &grants {
+        // What nodes will read must be exactly what was meant; the parser is the judge.
+        let reread = Grant::from_annotation(&grant.annotation_name(), &grant.annotation_value())
+            .with_context(|| {
+                format!(
+                    "the grant for {} does not form a valid annotation",
+                    key_path.display()
+                )
+            })?;
+        debug_assert_eq!(&reread, grant);
+    }
+
+    let trail = AuditTrail::new(session.client.clone(), &caller, hostname());
+    let params = if args.dry_run {
+        PatchParams::default().dry_run()
+    } else {
+        PatchParams::default()
+    };
+    let outcomes = fleet::run(resolved, session.concurrency, "granting", |node| {
+        let api = api.clone();
+        let grants = &grants;
+        let params = &params;
+        let trail = &trail;
+        let prefix = &session.prefix;
+        async move {
+            check_budget(&node, grants, prefix)?;
+            let name = nodes::node_name(&node);
+            for grant in grants {
+                let body =
+                    patch::set_annotation(&grant.annotation_key(prefix), &grant.annotation_value());
+                api.patch_metadata(&name, params, &Patch::Merge(&body))
+                    .await?;
+            }
+            if !params.dry_run {
+                for grant in grants {
+                    trail.record(&node, GrantChange::Granted, grant).await;
+                }
+            }
+            Ok(())
+        }
+    })
+    .await;
+
+    let verb = if args.dry_run {
+        "would grant"
+    } else {
+        "granted"
+    };
+    let all_ok = fleet::report(&outcomes, |node, ()| {
+        grants
+            .iter()
+            .map(|g| {
+                format!(
+                    "{node}: {verb} {} as {} until {} ({})",
+                    g.key.fingerprint(),
+                    g.user,
+                    g.expiry,
+                    describe_expiry(&g.expiry, now)
+                )
+            })
+            .collect()
+    });
+    if !args.dry_run
+        && let Some(first) = outcomes.iter().find(|o| o.result.is_ok())
+    {
+        let more = if outcomes.len() > 1 {
+            " (and likewise on the other nodes)"
+        } else {
+            ""
+        };
+        println!("Log in with: ssh {}@{}{more}", user, first.node);
+    }
+    Ok(all_ok)
+}
+
+/// Refuses a grant that would push the node over Kubernetes' annotation size limit, before the
+/// API server does so with a less helpful message.
+fn check_budget(
+    node: &NodeMeta,
+    grants: &[Grant],
+    prefix: &nodegate_core::AnnotationPrefix,
+) -> Result<(), GrantRefused> {
+    let current = node.metadata.annotations.as_ref();
+    let mut would_be = annotations_size(nodes::annotations(node));
+    for grant in grants {
+        let key = grant.annotation_key(prefix);
+        let value = grant.annotation_value();
+        match current.and_then(|a| a.get(&key)) {
+            Some(old) => would_be = would_be - old.len() + value.len(),
+            None => would_be += key.len() + value.len(),
+        }
+    }
+    if would_be > ANNOTATIONS_SIZE_LIMIT {
+        return Err(GrantRefused::NodeFull {
+            node: nodes::node_name(node),
+            would_be,
+        });
+    }
+    Ok(())
+}
+
+/// This machine's name, to tell which keyctl recorded an event.
+pub fn hostname() -> Option<String> {
+    std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}

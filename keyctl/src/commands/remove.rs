@@ -1,0 +1,357 @@
+//! Removing grants: `keyctl revoke`, `keyctl prune` and the janitor share one careful removal.
+//!
+//! Each removal is a JSON patch that tests every annotation still holds the value read, then
+//! removes it. If somebody changed one in between (re-granted the key, say), the server refuses
+//! the whole patch, and the node is read again and the choice made afresh.
+
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use nodegate_core::grant::escape_for_display;
+use nodegate_core::{AnnotationPrefix, Grant, GrantKey, LoginUser, NodeGrants};
+
+use crate::access::{self, GRANTER_ROLE, Permission};
+use crate::cli::{PruneArgs, RevokeArgs};
+use crate::events::{AuditTrail, GrantChange};
+use crate::nodes::{self, NodeMeta};
+use crate::session::Session;
+use crate::{fleet, keys, patch};
+
+/// One annotation removed (or, in a dry run, that would be).
+#[derive(Debug, Clone)]
+pub enum Removed {
+    /// A valid grant.
+    Grant(Box<Grant>),
+    /// An annotation under the prefix that was not a valid grant.
+    Invalid {
+        /// The annotation name after the prefix.
+        name: String,
+    },
+}
+
+/// Which annotations to remove from a node, chosen from its scanned grants.
+pub trait Choice: Sync {
+    /// Whether to remove this valid grant.
+    fn takes_grant(&self, grant: &Grant) -> bool;
+    /// Whether to remove annotations that are not valid grants.
+    fn takes_invalid(&self) -> bool;
+}
+
+/// How many times a node is re-read when its grants keep changing under us.
+const ATTEMPTS: usize = 5;
+
+/// Removes the annotations `choice` picks from `node`, recording an event for each. Returns
+/// what was removed (nothing when nothing matched).
+pub async fn remove_from_node(
+    api: &Api<Node>,
+    mut node: NodeMeta,
+    prefix: &AnnotationPrefix,
+    choice: &dyn Choice,
+    dry_run: bool,
+    trail: Option<(&AuditTrail, GrantChange)>,
+) -> anyhow::Result<Vec<Removed>> {
+    let name = nodes::node_name(&node);
+    for _ in 0..ATTEMPTS {
+        let picked = pick(&node, prefix, choice);
+        if picked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let body =
+            patch::remove_annotations(picked.iter().map(|(k, v, _)| (k.as_str(), v.as_str())));
+        let params = if dry_run {
+            PatchParams::default().dry_run()
+        } else {
+            PatchParams::default()
+        };
+        match api
+            .patch_metadata(&name, &params, &Patch::<()>::Json(body))
+            .await
+        {
+            Ok(_) => {
+                let removed: Vec<Removed> = picked.into_iter().map(|(_, _, r)| r).collect();
+                if let (false, Some((trail, change))) = (dry_run, trail) {
+                    for item in &removed {
+                        match item {
+                            Removed::Grant(grant) => trail.record(&node, change, grant).await,
+                            Removed::Invalid { name } => {
+                                trail.record_invalid_removed(&node, name).await
+                            }
+                        }
+                    }
+                }
+                return Ok(removed);
+            }
+            // A failed test: the grants changed since they were read. Read again.
+            Err(kube::Error::Api(status)) if status.code == 422 || status.code == 409 => {
+                tracing::debug!(
+                    "node {name} changed while removing grants ({}); reading it again",
+                    status.message
+                );
+                node = api
+                    .get_metadata(&name)
+                    .await
+                    .context("reading the node again")?;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    bail!("the node's grants kept changing while removing them ({ATTEMPTS} attempts); try again")
+}
+
+/// The annotations to remove: key, the exact value read, and what it was.
+fn pick(
+    node: &NodeMeta,
+    prefix: &AnnotationPrefix,
+    choice: &dyn Choice,
+) -> Vec<(String, String, Removed)> {
+    let Some(annotations) = node.metadata.annotations.as_ref() else {
+        return Vec::new();
+    };
+    let scanned = NodeGrants::scan(prefix, nodes::annotations(node));
+    let mut picked = Vec::new();
+    for grant in scanned.valid.into_iter().filter(|g| choice.takes_grant(g)) {
+        let key = grant.annotation_key(prefix);
+        if let Some(value) = annotations.get(&key) {
+            picked.push((key, value.clone(), Removed::Grant(Box::new(grant))));
+        }
+    }
+    if choice.takes_invalid() {
+        for invalid in scanned.invalid {
+            let key = format!("{prefix}/{}", invalid.name);
+            if let Some(value) = annotations.get(&key) {
+                picked.push((key, value.clone(), Removed::Invalid { name: invalid.name }));
+            }
+        }
+    }
+    picked
+}
+
+/// What `keyctl revoke` removes.
+struct RevokeChoice {
+    fingerprints: Vec<String>,
+    keys: Vec<GrantKey>,
+    user: Option<LoginUser>,
+    all: bool,
+}
+
+impl Choice for RevokeChoice {
+    fn takes_grant(&self, grant: &Grant) -> bool {
+        let fp = grant.key.fingerprint();
+        let key_matches = self.all
+            || (self.fingerprints.is_empty() && self.keys.is_empty())
+            || self.fingerprints.iter().any(|f| fp.matches(f))
+            || self.keys.iter().any(|k| k.same_key(&grant.key));
+        key_matches && self.user.as_ref().is_none_or(|u| &grant.user == u)
+    }
+
+    fn takes_invalid(&self) -> bool {
+        self.all && self.user.is_none()
+    }
+}
+
+/// What `keyctl prune` and the janitor remove: grants expired at `now`, and invalid ones if asked.
+pub struct ExpiredChoice {
+    /// The moment grants are judged at.
+    pub now: DateTime<Utc>,
+    /// Whether invalid annotations go too.
+    pub invalid: bool,
+}
+
+impl Choice for ExpiredChoice {
+    fn takes_grant(&self, grant: &Grant) -> bool {
+        grant.expiry.has_passed(self.now)
+    }
+
+    fn takes_invalid(&self) -> bool {
+        self.invalid
+    }
+}
+
+/// Checks that `text` looks like an OpenSSH SHA-256 fingerprint, so that a typo is an error
+/// rather than a revoke that silently matches nothing.
+fn validate_fingerprint(text: &str) -> anyhow::Result<String> {
+    let bare = text.trim().strip_prefix("SHA256:").unwrap_or(text.trim());
+    let valid = bare.len() == 43
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+    if !valid {
+        bail!(
+            "--fingerprint {text:?} is not a SHA-256 key fingerprint; give it as `keyctl list` or `ssh-keygen -lf KEY.pub` show it (SHA256: and 43 characters)"
+        );
+    }
+    Ok(format!("SHA256:{bare}"))
+}
+
+/// Runs `keyctl revoke`. Returns whether every node succeeded.
+pub async fn revoke(session: &Session, args: &RevokeArgs) -> anyhow::Result<bool> {
+    let fingerprints = args
+        .fingerprint
+        .iter()
+        .map(|f| validate_fingerprint(f))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys = match &args.key {
+        Some(path) => keys::read_keys(Some(path))?.1,
+        None => Vec::new(),
+    };
+    let user = args
+        .user
+        .as_deref()
+        .map(LoginUser::new)
+        .transpose()
+        .context("--user")?;
+    let choice = RevokeChoice {
+        fingerprints,
+        keys,
+        user,
+        all: args.all,
+    };
+    let resolved = nodes::resolve(
+        &session.nodes(),
+        &args.target.nodes,
+        args.target.selector.as_deref(),
+        false,
+        session.concurrency,
+    )
+    .await?;
+    remove_everywhere(
+        session,
+        resolved,
+        &choice,
+        args.dry_run,
+        GrantChange::Revoked,
+        "revoke",
+    )
+    .await
+}
+
+/// Runs `keyctl prune`. Returns whether every node succeeded.
+pub async fn prune(session: &Session, args: &PruneArgs) -> anyhow::Result<bool> {
+    let choice = ExpiredChoice {
+        now: Utc::now(),
+        invalid: args.invalid,
+    };
+    let mut resolved = nodes::resolve(
+        &session.nodes(),
+        &args.target.nodes,
+        args.target.selector.as_deref(),
+        true,
+        session.concurrency,
+    )
+    .await?;
+    // Only nodes with something to remove need the permission, and the work.
+    resolved
+        .found
+        .retain(|_, node| !pick(node, &session.prefix, &choice).is_empty());
+    if resolved.found.is_empty() && resolved.missing.is_empty() {
+        println!(
+            "Nothing to prune: no expired grants{}.",
+            if args.invalid {
+                " and no invalid ones"
+            } else {
+                ""
+            }
+        );
+        return Ok(true);
+    }
+    remove_everywhere(
+        session,
+        resolved,
+        &choice,
+        args.dry_run,
+        GrantChange::Expired,
+        "prune",
+    )
+    .await
+}
+
+async fn remove_everywhere(
+    session: &Session,
+    resolved: nodes::Resolved,
+    choice: &dyn Choice,
+    dry_run: bool,
+    change: GrantChange,
+    verb: &str,
+) -> anyhow::Result<bool> {
+    let caller = session.caller().await;
+    let names: Vec<String> = resolved.found.keys().cloned().collect();
+    access::require_on_nodes(
+        &session.client,
+        &caller,
+        Permission {
+            verb: "patch",
+            group: "",
+            resource: "nodes",
+            namespace: None,
+        },
+        &names,
+        GRANTER_ROLE,
+        session.concurrency,
+    )
+    .await?;
+    let trail = AuditTrail::new(session.client.clone(), &caller, super::grant::hostname());
+    let api = session.nodes();
+    let outcomes = fleet::run(resolved, session.concurrency, verb, |node| {
+        let api = api.clone();
+        let trail = &trail;
+        async move {
+            remove_from_node(
+                &api,
+                node,
+                &session.prefix,
+                choice,
+                dry_run,
+                Some((trail, change)),
+            )
+            .await
+        }
+    })
+    .await;
+    let done = if dry_run { "would remove" } else { "removed" };
+    let all_ok = fleet::report(&outcomes, |node, removed: &Vec<Removed>| {
+        removed
+            .iter()
+            .map(|r| describe_removed(node, done, r))
+            .collect()
+    });
+    let nothing = outcomes
+        .iter()
+        .filter(|o| matches!(&o.result, Ok(r) if r.is_empty()))
+        .count();
+    if nothing > 0 {
+        eprintln!("{nothing} node(s) had no matching grant; nothing changed there");
+    }
+    Ok(all_ok)
+}
+
+fn describe_removed(node: &str, done: &str, removed: &Removed) -> String {
+    match removed {
+        Removed::Grant(grant) => format!(
+            "{node}: {done} {} for {} (granted by {}, expiry {})",
+            grant.key.fingerprint(),
+            grant.user,
+            escape_for_display(grant.granted_by.as_str()),
+            grant.expiry
+        ),
+        Removed::Invalid { name } => format!(
+            "{node}: {done} invalid annotation {}",
+            escape_for_display(name)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_are_checked_before_anything_is_sent() {
+        let good = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
+        assert_eq!(validate_fingerprint(good).unwrap(), good);
+        assert_eq!(validate_fingerprint(&good[7..]).unwrap(), good);
+        assert!(validate_fingerprint("SHA256:short").is_err());
+        assert!(validate_fingerprint("MD5:aa:bb").is_err());
+    }
+}

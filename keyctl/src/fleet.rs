@@ -1,0 +1,116 @@
+//! Working on many nodes at once: bounded concurrency, a progress bar on terminals, and a
+//! result per node so that one failing node never hides the others.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::{StreamExt as _, stream};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::nodes::{NodeMeta, Resolved, describe_read_error, node_name};
+
+/// What happened on one node.
+#[derive(Debug)]
+pub struct Outcome<T> {
+    /// The node.
+    pub node: String,
+    /// What the work returned, or why it failed.
+    pub result: anyhow::Result<T>,
+}
+
+/// Runs `work` on every node found, `concurrency` at a time, and turns named nodes that could
+/// not be read into failures. Outcomes come back sorted by node name.
+pub async fn run<T, F, Fut>(
+    resolved: Resolved,
+    concurrency: usize,
+    what: &str,
+    work: F,
+) -> Vec<Outcome<T>>
+where
+    F: Fn(NodeMeta) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let total = resolved.found.len() as u64;
+    let progress = progress_bar(total, what);
+    let mut outcomes: Vec<Outcome<T>> = stream::iter(resolved.found.into_values())
+        .map(|node| {
+            let name = node_name(&node);
+            let fut = work(node);
+            let progress = &progress;
+            async move {
+                let result = fut.await;
+                progress.inc(1);
+                Outcome { node: name, result }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    progress.finish_and_clear();
+    outcomes.extend(resolved.missing.into_iter().map(|(node, error)| Outcome {
+        node,
+        result: Err(anyhow::anyhow!(describe_read_error(&error))),
+    }));
+    outcomes.sort_by(|a, b| a.node.cmp(&b.node));
+    outcomes
+}
+
+/// A progress bar on stderr, only when there is more than one node (it hides itself when
+/// stderr is not a terminal).
+fn progress_bar(total: u64, what: &str) -> ProgressBar {
+    if total <= 1 {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} nodes ({elapsed})")
+            .expect("valid progress template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// How many outcomes to print one by one before summarizing.
+const LISTED: usize = 20;
+
+/// Prints what happened: each node's line when few, a count when many, and every failure.
+/// Returns whether every node succeeded.
+pub fn report<T>(outcomes: &[Outcome<T>], describe: impl Fn(&str, &T) -> Vec<String>) -> bool {
+    let succeeded: Vec<&Outcome<T>> = outcomes.iter().filter(|o| o.result.is_ok()).collect();
+    let mut lines = Vec::new();
+    for outcome in &succeeded {
+        if let Ok(value) = &outcome.result {
+            lines.extend(describe(&outcome.node, value));
+        }
+    }
+    if lines.len() <= LISTED {
+        for line in &lines {
+            println!("{line}");
+        }
+    } else {
+        for line in &lines[..LISTED] {
+            println!("{line}");
+        }
+        println!(
+            "... and {} more lines (use keyctl list to see every grant)",
+            lines.len() - LISTED
+        );
+    }
+    let failed: Vec<&Outcome<T>> = outcomes.iter().filter(|o| o.result.is_err()).collect();
+    for outcome in &failed {
+        if let Err(error) = &outcome.result {
+            eprintln!("error: node {}: {error:#}", outcome.node);
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!(
+            "{} of {} nodes failed; {} succeeded",
+            failed.len(),
+            outcomes.len(),
+            succeeded.len()
+        );
+    }
+    failed.is_empty()
+}

@@ -1,0 +1,55 @@
+//! Who the caller is, for the `granted-by` field and for messages about missing permissions.
+//!
+//! The API server knows best: `SelfSubjectReview` (Kubernetes 1.28+) answers for every kind of
+//! credential. Older servers do not have it, so the name is then read from the kubeconfig's
+//! client certificate (its common name is the user name), or its `username`.
+
+use base64::Engine as _;
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use kube::api::PostParams;
+use kube::{Api, Client};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The name used when no source tells who the caller is.
+pub const UNKNOWN_CALLER: &str = "unknown";
+
+/// The caller's user name as the API server sees it, or the best guess from the configuration.
+pub async fn caller_name(client: &Client, config: &kube::Config) -> String {
+    if let Some(name) = ask_api_server(client).await {
+        return name;
+    }
+    name_from_config(config).unwrap_or_else(|| UNKNOWN_CALLER.to_owned())
+}
+
+async fn ask_api_server(client: &Client) -> Option<String> {
+    let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
+    let review = reviews
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .map_err(|e| tracing::debug!("SelfSubjectReview unavailable: {e}"))
+        .ok()?;
+    review.status?.user_info?.username.filter(|n| !n.is_empty())
+}
+
+/// The user name a kubeconfig authenticates as, where the file says it.
+pub fn name_from_config(config: &kube::Config) -> Option<String> {
+    let auth = &config.auth_info;
+    let pem = if let Some(data) = &auth.client_certificate_data {
+        base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .ok()?
+    } else if let Some(path) = &auth.client_certificate {
+        std::fs::read(path).ok()?
+    } else {
+        return auth.username.clone().filter(|n| !n.is_empty());
+    };
+    common_name_of_pem(&pem)
+}
+
+/// The subject common name of the first certificate in a PEM bundle.
+fn common_name_of_pem(pem: &[u8]) -> Option<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    let (_, cert) = X509Certificate::from_der(&pem.contents).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    Some(cn.to_owned())
+}

@@ -1,0 +1,59 @@
+//! keyctl: grant, revoke, list and prune SSH keys on Kubernetes Nodes.
+//!
+//! Every command talks to the API server with the caller's own credentials, so Kubernetes RBAC
+//! decides who may grant; writes are preceded by a SelfSubjectAccessReview so that a refusal
+//! comes before anything changes, with the role to ask for.
+//!
+//! Layout: [`cli`] is the command line; [`commands`] holds one module per subcommand;
+//! [`nodes`], [`fleet`], [`access`], [`events`], [`patch`] and [`keys`] are what they share.
+
+pub mod access;
+pub mod cli;
+pub mod commands;
+pub mod events;
+pub mod fleet;
+pub mod identity;
+pub mod keys;
+pub mod nodes;
+pub mod patch;
+pub mod session;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::CommandFactory as _;
+
+use crate::cli::{Cli, Command};
+use crate::session::Session;
+
+/// Runs a parsed command line; the exit code follows `cli::EXIT_CODES`.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let session = || Session::connect(&cli.connection);
+    let all_ok = match &cli.command {
+        Command::Grant(args) => commands::grant::run(&session().await?, args).await?,
+        Command::Revoke(args) => commands::remove::revoke(&session().await?, args).await?,
+        Command::List(args) => commands::list::run(&session().await?, args).await?,
+        Command::Prune(args) => commands::remove::prune(&session().await?, args).await?,
+        Command::Janitor(args) => commands::janitor::run(&session().await?, args).await?,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "keyctl",
+                &mut std::io::stdout(),
+            );
+            true
+        }
+        Command::Manpage => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            std::io::stdout().write_all(&page)?;
+            true
+        }
+    };
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
