@@ -1,0 +1,261 @@
+//! The helper pod and the script it runs to enter the target.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::config::Settings;
+use crate::user::UserSpec;
+
+/// Label every helper pod carries, so that `gc` and operators can find them.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "node-exec";
+/// Label with the caller's name (made label-safe).
+pub const USER_LABEL: &str = "nodegate.dev/node-exec-user";
+/// Label with the node's name (made label-safe).
+pub const NODE_LABEL: &str = "nodegate.dev/node-exec-node";
+/// Annotation with the caller's full name.
+pub const CALLER_ANNOTATION: &str = "nodegate.dev/node-exec-caller";
+/// Annotation saying what the session entered.
+pub const TARGET_ANNOTATION: &str = "nodegate.dev/node-exec-target";
+/// Annotation the running node-exec refreshes; `gc` treats a stale one as a session gone.
+pub const HEARTBEAT_ANNOTATION: &str = "nodegate.dev/node-exec-heartbeat";
+/// The helper pod's only container.
+pub const CONTAINER: &str = "node-exec";
+
+/// The script run in the helper pod (see its header for the arguments).
+pub const SCRIPT: &str = include_str!("helper.sh");
+
+/// The exit code of the script when it refuses (unknown user, no such process...), with a
+/// message on stderr.
+pub const SCRIPT_REFUSED: i32 = 125;
+
+/// What the caller asked for, for [`helper_pod`].
+#[derive(Debug, Clone)]
+pub struct PodRequest<'a> {
+    /// The node to pin the pod to.
+    pub node: &'a str,
+    /// The caller, as [`crate::caller::name_from_config`] found it.
+    pub caller: &'a str,
+    /// What is entered, for people reading the pod (e.g. "host PID 1").
+    pub target: &'a str,
+    /// When, for the first heartbeat.
+    pub now: DateTime<Utc>,
+}
+
+/// The helper pod: pinned to the node, privileged, in the host's PID, network and IPC
+/// namespaces, tolerating every taint, without a ServiceAccount token, and killed by Kubernetes
+/// after the deadline.
+pub fn helper_pod(settings: &Settings, request: &PodRequest<'_>) -> Pod {
+    let deadline = settings.deadline.as_secs().max(1);
+    let readable_node = request.node.len() <= 40 && !request.node.contains('.');
+    let generate_name = if readable_node {
+        format!("node-exec-{}-", request.node)
+    } else {
+        "node-exec-".to_owned()
+    };
+    let mut container = serde_json::json!({
+        "name": CONTAINER,
+        "image": settings.image,
+        // The deadline ends the pod first; sleep only keeps it alive until then.
+        "command": ["sleep", (deadline + 60).to_string()],
+        "securityContext": {"privileged": true, "runAsUser": 0, "runAsGroup": 0},
+    });
+    if let Some(policy) = &settings.image_pull_policy {
+        container["imagePullPolicy"] = policy.as_str().into();
+    }
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": generate_name,
+            "labels": {
+                MANAGED_BY_LABEL: MANAGED_BY,
+                USER_LABEL: crate::caller::label_value(request.caller),
+                NODE_LABEL: crate::caller::label_value(request.node),
+            },
+            "annotations": {
+                CALLER_ANNOTATION: request.caller,
+                TARGET_ANNOTATION: request.target,
+                HEARTBEAT_ANNOTATION: timestamp(request.now),
+            },
+        },
+        "spec": {
+            "nodeName": request.node,
+            "restartPolicy": "Never",
+            "activeDeadlineSeconds": deadline,
+            "terminationGracePeriodSeconds": 0,
+            "automountServiceAccountToken": false,
+            "enableServiceLinks": false,
+            "hostPID": true,
+            "hostNetwork": true,
+            "hostIPC": true,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [container],
+        },
+    });
+    serde_json::from_value(pod).expect("the helper pod literal matches the Pod schema")
+}
+
+/// A heartbeat value: RFC 3339, UTC, seconds.
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Whose namespaces the session enters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// The host: the namespaces of this PID on the node.
+    Host {
+        /// `--host-pid`.
+        pid: u32,
+    },
+    /// A container, by the ID its runtime gave it (hex, without the `runtime://` prefix).
+    Container {
+        /// The container ID.
+        id: String,
+    },
+}
+
+/// How to run the script: the exec command for the helper pod.
+#[derive(Debug, Clone)]
+pub struct ExecPlan {
+    /// Whose namespaces.
+    pub entry: Entry,
+    /// `--user`, if given.
+    pub user: Option<UserSpec>,
+    /// Whether stdin is framed (plain streams) rather than a terminal.
+    pub framed_stdin: bool,
+    /// The caller's TERM, with a terminal.
+    pub term: Option<String>,
+    /// The command; empty for a shell.
+    pub command: Vec<String>,
+}
+
+impl ExecPlan {
+    /// The argv to exec in the helper container.
+    pub fn argv(&self) -> Vec<String> {
+        let (mode, target) = match &self.entry {
+            Entry::Host { pid } => ("host", pid.to_string()),
+            Entry::Container { id } => ("container", id.clone()),
+        };
+        let mut argv: Vec<String> = vec![
+            "sh".into(),
+            "-c".into(),
+            SCRIPT.into(),
+            "node-exec-helper".into(),
+            mode.into(),
+            target,
+            self.user
+                .as_ref()
+                .map(|u| u.as_str().to_owned())
+                .unwrap_or_default(),
+            if self.framed_stdin { "1" } else { "0" }.into(),
+            self.term.clone().unwrap_or_default(),
+            "--".into(),
+        ];
+        argv.extend(self.command.iter().cloned());
+        argv
+    }
+}
+
+/// The hex container ID of a `containerStatuses[].containerID` such as
+/// `containerd://0123abc...`, `cri-o://...` or `docker://...`; `None` if it is not one.
+pub fn container_id(status_id: &str) -> Option<&str> {
+    let id = status_id.rsplit_once("://").map_or(status_id, |(_, id)| id);
+    (id.len() >= 12 && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::HelperArgs;
+    use crate::config::SettingsFile;
+
+    fn settings() -> Settings {
+        Settings::merge(
+            &HelperArgs::default(),
+            SettingsFile::default(),
+            "x".as_ref(),
+        )
+        .expect("defaults")
+    }
+
+    #[test]
+    fn the_pod_is_pinned_privileged_tolerant_tokenless_and_deadlined() {
+        let request = PodRequest {
+            node: "node1",
+            caller: "system:serviceaccount:ops:bot",
+            target: "host PID 1",
+            now: DateTime::UNIX_EPOCH,
+        };
+        let pod = helper_pod(&settings(), &request);
+        let spec = pod.spec.expect("spec");
+        assert_eq!(spec.node_name.as_deref(), Some("node1"));
+        assert_eq!(spec.active_deadline_seconds, Some(7200));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.host_pid, Some(true));
+        assert_eq!(spec.host_network, Some(true));
+        assert_eq!(spec.host_ipc, Some(true));
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let tolerations = spec.tolerations.expect("tolerations");
+        assert_eq!(tolerations[0].operator.as_deref(), Some("Exists"));
+        assert_eq!(tolerations[0].key, None);
+        let container = &spec.containers[0];
+        assert_eq!(
+            container.image.as_deref(),
+            Some(crate::config::DEFAULT_IMAGE)
+        );
+        assert_eq!(container.image_pull_policy, None);
+        let security = container
+            .security_context
+            .as_ref()
+            .expect("security context");
+        assert_eq!(security.privileged, Some(true));
+        let labels = pod.metadata.labels.expect("labels");
+        assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
+        assert_eq!(labels[USER_LABEL], "system_serviceaccount_ops_bot");
+        assert_eq!(
+            pod.metadata.generate_name.as_deref(),
+            Some("node-exec-node1-")
+        );
+        let annotations = pod.metadata.annotations.expect("annotations");
+        assert_eq!(annotations[HEARTBEAT_ANNOTATION], "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn container_ids_of_any_runtime() {
+        let hex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(container_id(&format!("containerd://{hex}")), Some(hex));
+        assert_eq!(container_id(&format!("cri-o://{hex}")), Some(hex));
+        assert_eq!(container_id("docker://abc"), None);
+        assert_eq!(container_id("containerd://../../etc/passwd"), None);
+    }
+
+    #[test]
+    fn the_command_follows_the_script_arguments() {
+        let plan = ExecPlan {
+            entry: Entry::Host { pid: 42 },
+            user: Some(UserSpec::parse("alice").expect("valid")),
+            framed_stdin: true,
+            term: None,
+            command: vec!["echo".into(), "a b".into()],
+        };
+        let argv = plan.argv();
+        assert_eq!(&argv[..2], ["sh", "-c"]);
+        assert_eq!(
+            &argv[3..],
+            [
+                "node-exec-helper",
+                "host",
+                "42",
+                "alice",
+                "1",
+                "",
+                "--",
+                "echo",
+                "a b"
+            ]
+        );
+    }
+}
