@@ -1,3 +1,5 @@
-//! authorized-keys-cmd
+//! `authorized-keys-cmd`: see the library crate and `docs/authorized-keys-cmd.md`.
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    authorized_keys_cmd::cli::main()
+}

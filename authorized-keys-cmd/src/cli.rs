@@ -1,0 +1,308 @@
+//! Command line: `authorized-keys-cmd [OPTIONS] USER [FINGERPRINT] | check | refresh`.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use crate::check::{self, SshdLocation};
+use crate::config::{Overrides, Settings};
+use crate::diag::Diagnostics;
+use crate::serve;
+
+/// Exit status: the answer was printed (possibly no lines).
+pub const EXIT_OK: u8 = 0;
+/// Exit status: no trustworthy grants could be had (API down and cache missing or too old);
+/// nothing was printed. `check`: problems were found.
+pub const EXIT_FAILED_CLOSED: u8 = 1;
+/// Exit status: bad command line or configuration; nothing was printed.
+pub const EXIT_USAGE: u8 = 2;
+
+const USAGE: &str = "\
+usage: authorized-keys-cmd [OPTIONS] USER [FINGERPRINT]   print the keys granted to USER (for sshd: %u %f)
+       authorized-keys-cmd [OPTIONS] check                diagnose this node, each problem with a fix
+       authorized-keys-cmd [OPTIONS] refresh              refresh the cache from the API
+
+options:
+  --config PATH      config file (default /etc/nodegate/authorized-keys-cmd.toml)
+  --kubeconfig PATH  the node's kubeconfig (default: searched where kubeadm, EKS, k3s put it)
+  --node-name NAME   the Node to read (default: from the client certificate, system:node:NAME)
+  --cache PATH       the SQLite cache (default /var/lib/nodegate/grants-cache.sqlite)
+  --prefix PREFIX    the annotation prefix (default ssh.nodegate.dev)
+  --verbose, -v      also write diagnostics to stderr (they always go to the system log)
+  check only: --sshd PATH (default /usr/sbin/sshd), --sshd-config PATH (default /etc/ssh/sshd_config)
+
+exit status: 0 answered (possibly no keys), 1 no trustworthy grants: nothing printed (check: problems
+found), 2 usage or configuration error. sshd ignores all output of a non-zero exit.";
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Print the grants for a login user.
+    Lookup {
+        /// sshd's `%u`.
+        user: String,
+        /// sshd's `%f`.
+        fingerprint: Option<String>,
+    },
+    /// Diagnose the node.
+    Check(
+        /// Where sshd and its config are.
+        SshdLocation,
+    ),
+    /// Refresh the cache.
+    Refresh,
+    /// Print usage.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// A parsed command line.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The mode.
+    pub mode: Mode,
+    /// Setting overrides.
+    pub overrides: Overrides,
+    /// `--verbose`.
+    pub verbose: bool,
+}
+
+impl PartialEq for SshdLocation {
+    fn eq(&self, other: &Self) -> bool {
+        self.binary == other.binary && self.config == other.config
+    }
+}
+impl Eq for SshdLocation {}
+
+/// Parses the arguments (without the program name).
+pub fn parse<I>(args: I) -> Result<Invocation, String>
+where
+    I: IntoIterator,
+    I::Item: Into<OsString>,
+{
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut overrides = Overrides::default();
+    let mut verbose = false;
+    let mut sshd = SshdLocation::default();
+    let mut sshd_given = false;
+    let mut positional: Vec<String> = Vec::new();
+    let text = |v: OsString, what: &str| {
+        v.into_string()
+            .map_err(|_| format!("{what} is not valid UTF-8"))
+    };
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("config") => {
+                overrides.config = Some(parser.value().map_err(|e| e.to_string())?.into())
+            }
+            Long("kubeconfig") => {
+                overrides.kubeconfig = Some(parser.value().map_err(|e| e.to_string())?.into());
+            }
+            Long("node-name") => {
+                overrides.node_name = Some(text(
+                    parser.value().map_err(|e| e.to_string())?,
+                    "--node-name",
+                )?);
+            }
+            Long("cache") => {
+                overrides.cache = Some(parser.value().map_err(|e| e.to_string())?.into())
+            }
+            Long("prefix") => {
+                overrides.prefix = Some(text(
+                    parser.value().map_err(|e| e.to_string())?,
+                    "--prefix",
+                )?);
+            }
+            Long("sshd") => {
+                sshd.binary = PathBuf::from(parser.value().map_err(|e| e.to_string())?);
+                sshd_given = true;
+            }
+            Long("sshd-config") => {
+                sshd.config = PathBuf::from(parser.value().map_err(|e| e.to_string())?);
+                sshd_given = true;
+            }
+            Long("verbose") | Short('v') => verbose = true,
+            Long("help") | Short('h') => {
+                return Ok(Invocation {
+                    mode: Mode::Help,
+                    overrides,
+                    verbose,
+                });
+            }
+            Long("version") => {
+                return Ok(Invocation {
+                    mode: Mode::Version,
+                    overrides,
+                    verbose,
+                });
+            }
+            Value(v) => positional.push(text(v, "an argument")?),
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    // `check` and `refresh` are subcommands only alone: sshd always passes the user (and with %f
+    // the fingerprint), so a login user named "check" still gets a lookup when %f is configured.
+    let mode = match positional.as_slice() {
+        [cmd] if cmd == "check" => Mode::Check(sshd.clone()),
+        [cmd] if cmd == "refresh" => Mode::Refresh,
+        [user] => Mode::Lookup {
+            user: user.clone(),
+            fingerprint: None,
+        },
+        [user, fp] => Mode::Lookup {
+            user: user.clone(),
+            fingerprint: Some(fp.clone()),
+        },
+        [] => return Err("missing the login user".into()),
+        _ => return Err("too many arguments".into()),
+    };
+    if sshd_given && !matches!(mode, Mode::Check(_)) {
+        return Err("--sshd and --sshd-config are for check only".into());
+    }
+    Ok(Invocation {
+        mode,
+        overrides,
+        verbose,
+    })
+}
+
+/// The program: parses arguments, runs the mode, returns the documented exit status.
+pub fn main() -> ExitCode {
+    let started = Instant::now();
+    let invocation = match parse(std::env::args_os().skip(1)) {
+        Ok(i) => i,
+        Err(e) => {
+            let mut log = Diagnostics::new(false);
+            log.error(format_args!("{e}"));
+            eprintln!("authorized-keys-cmd: {e}\n\n{USAGE}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match &invocation.mode {
+        Mode::Help => {
+            println!("{USAGE}");
+            return ExitCode::from(EXIT_OK);
+        }
+        Mode::Version => {
+            println!("authorized-keys-cmd {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::from(EXIT_OK);
+        }
+        _ => {}
+    }
+    let mut log = Diagnostics::new(invocation.verbose);
+    let settings = Settings::load(&invocation.overrides);
+    match invocation.mode {
+        Mode::Check(sshd) => {
+            let report = check::diagnose(settings.as_ref().map_err(|e| e.to_string()), &sshd);
+            print!("{}", report.render());
+            ExitCode::from(if report.has_problems() {
+                EXIT_FAILED_CLOSED
+            } else {
+                EXIT_OK
+            })
+        }
+        Mode::Refresh => {
+            let settings = match settings {
+                Ok(s) => s,
+                Err(e) => {
+                    log.error(&e);
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            match serve::refresh(&settings, &mut log) {
+                Ok(summary) => {
+                    log.info(&summary);
+                    ExitCode::from(EXIT_OK)
+                }
+                Err(e) => {
+                    log.error(format_args!("refresh failed: {e}"));
+                    ExitCode::from(EXIT_FAILED_CLOSED)
+                }
+            }
+        }
+        Mode::Lookup { user, fingerprint } => {
+            let settings = match settings {
+                Ok(s) => s,
+                Err(e) => {
+                    log.error(format_args!("user={user}: {e}; no keys served"));
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            match serve::lookup(&settings, &user, fingerprint.as_deref(), &mut log, started) {
+                Ok(answer) => {
+                    let mut out = String::new();
+                    for line in &answer.lines {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                    let written = {
+                        let mut stdout = std::io::stdout().lock();
+                        stdout
+                            .write_all(out.as_bytes())
+                            .and_then(|()| stdout.flush())
+                    };
+                    log.info(format_args!(
+                        "user={user} fingerprint={} served={} source={} took={}ms",
+                        fingerprint.as_deref().unwrap_or("-"),
+                        if answer.fingerprints.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            answer.fingerprints.join(",")
+                        },
+                        answer.source,
+                        started.elapsed().as_millis()
+                    ));
+                    match written {
+                        Ok(()) => ExitCode::from(EXIT_OK),
+                        // sshd stopped reading: nothing more to do.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                            ExitCode::from(EXIT_OK)
+                        }
+                        Err(e) => {
+                            log.error(format_args!("cannot write to stdout: {e}"));
+                            ExitCode::from(EXIT_FAILED_CLOSED)
+                        }
+                    }
+                }
+                Err(e) => {
+                    log.error(format_args!("user={user}: {e}; no keys served"));
+                    ExitCode::from(EXIT_FAILED_CLOSED)
+                }
+            }
+        }
+        Mode::Help | Mode::Version => ExitCode::from(EXIT_OK),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sshd_style_and_subcommands() {
+        let inv = parse(["--node-name", "n1", "root", "SHA256:abc"]).unwrap();
+        assert_eq!(
+            inv.mode,
+            Mode::Lookup {
+                user: "root".into(),
+                fingerprint: Some("SHA256:abc".into())
+            }
+        );
+        assert_eq!(inv.overrides.node_name.as_deref(), Some("n1"));
+        assert_eq!(parse(["refresh"]).unwrap().mode, Mode::Refresh);
+        assert!(matches!(parse(["check"]).unwrap().mode, Mode::Check(_)));
+        // With %f, a user named "check" is looked up, not diagnosed.
+        assert!(matches!(
+            parse(["check", "SHA256:x"]).unwrap().mode,
+            Mode::Lookup { .. }
+        ));
+        assert!(parse(Vec::<String>::new()).is_err());
+        assert!(parse(["a", "b", "c"]).is_err());
+        assert!(parse(["--bogus", "root"]).is_err());
+        assert!(parse(["--sshd", "/x", "root"]).is_err());
+    }
+}

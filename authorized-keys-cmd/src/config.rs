@@ -1,0 +1,322 @@
+//! Settings: defaults, the TOML config file, and command-line overrides, in that order.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nodegate_core::AnnotationPrefix;
+use serde::Deserialize;
+
+use crate::perms::{self, UnsafePath};
+
+/// Where the config file is read from unless `--config` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/nodegate/authorized-keys-cmd.toml";
+/// Where the grants cache lives unless configured.
+pub const DEFAULT_CACHE_PATH: &str = "/var/lib/nodegate/grants-cache.sqlite";
+/// Default freshness window: repeated calls within it are answered from the cache alone.
+pub const DEFAULT_FRESHNESS: Duration = Duration::from_secs(5);
+/// Default overall deadline for asking the API (connect, TLS, request and response).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(1500);
+/// Default longest age of cached grants that may still be served when the API cannot answer.
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Kubeconfigs tried in order when none is configured: what packaging re-exports for the
+/// command's dedicated user, then where kubeadm, EKS/GKE-style images, k3s and RKE2 keep the
+/// kubelet's.
+pub const KUBECONFIG_SEARCH_PATH: &[&str] = &[
+    "/var/lib/nodegate/node.kubeconfig",
+    "/etc/kubernetes/kubelet.conf",
+    "/var/lib/kubelet/kubeconfig",
+    "/var/lib/rancher/k3s/agent/kubelet.kubeconfig",
+    "/var/lib/rancher/rke2/agent/kubelet.kubeconfig",
+];
+
+/// A problem with the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read the config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this command.
+    #[error("the config file {} is invalid: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said.
+        message: String,
+    },
+    /// The config file could be changed by someone other than root or this command's user.
+    #[error("refusing the config file: {0}")]
+    Unsafe(#[from] UnsafePath),
+    /// A duration setting is unreadable or out of range.
+    #[error(
+        "{setting} = {value:?}: {problem}; write a duration such as \"5s\", \"1500ms\" or \"7d\""
+    )]
+    Duration {
+        /// The setting.
+        setting: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The annotation prefix is not a DNS subdomain.
+    #[error(transparent)]
+    Prefix(#[from] nodegate_core::prefix::PrefixError),
+    /// The node name is not a valid Kubernetes object name.
+    #[error(transparent)]
+    NodeName(#[from] NodeNameError),
+}
+
+/// The config file, `/etc/nodegate/authorized-keys-cmd.toml`. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The node's kubeconfig (default: searched in [`KUBECONFIG_SEARCH_PATH`]).
+    pub kubeconfig: Option<PathBuf>,
+    /// The Node to read (default: from the client certificate, `system:node:NAME`).
+    pub node_name: Option<String>,
+    /// The SQLite cache file.
+    pub cache: Option<PathBuf>,
+    /// The annotation prefix (default `ssh.nodegate.dev`).
+    pub prefix: Option<String>,
+    /// Freshness window, e.g. `"5s"`.
+    pub freshness: Option<String>,
+    /// Overall API deadline, e.g. `"1500ms"`.
+    pub deadline: Option<String>,
+    /// Longest age of cached grants served during an outage, e.g. `"7d"`.
+    pub max_stale: Option<String>,
+}
+
+/// Values given on the command line; they win over the config file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--node-name`.
+    pub node_name: Option<String>,
+    /// `--cache`.
+    pub cache: Option<PathBuf>,
+    /// `--prefix`.
+    pub prefix: Option<String>,
+}
+
+/// The settings in force.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The config file that was read, if any.
+    pub config_file: Option<PathBuf>,
+    /// Configured kubeconfig, or `None` to search [`KUBECONFIG_SEARCH_PATH`].
+    pub kubeconfig: Option<PathBuf>,
+    /// Configured node name, or `None` to take it from the client certificate.
+    pub node_name: Option<NodeName>,
+    /// The cache file.
+    pub cache: PathBuf,
+    /// The annotation prefix.
+    pub prefix: AnnotationPrefix,
+    /// Freshness window.
+    pub freshness: Duration,
+    /// Overall deadline for the API.
+    pub deadline: Duration,
+    /// Longest age of cached grants served when the API cannot answer.
+    pub max_stale: Duration,
+}
+
+impl Settings {
+    /// Reads the config file (the `--config` one, which must exist, or the default one, which
+    /// may be absent) and applies the overrides.
+    pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
+        let (path, required) = match &overrides.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let (file, config_file) = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                perms::check_trusted_file(&path)?;
+                let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.message().to_owned(),
+                })?;
+                (file, Some(path))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                (ConfigFile::default(), None)
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Self::from_parts(file, overrides, config_file)
+    }
+
+    /// Combines a parsed config file with the overrides.
+    pub fn from_parts(
+        file: ConfigFile,
+        overrides: &Overrides,
+        config_file: Option<PathBuf>,
+    ) -> Result<Self, ConfigError> {
+        let node_name = overrides
+            .node_name
+            .clone()
+            .or(file.node_name)
+            .map(|n| NodeName::new(&n))
+            .transpose()?;
+        let prefix = match overrides.prefix.as_ref().or(file.prefix.as_ref()) {
+            Some(p) => AnnotationPrefix::new(p)?,
+            None => AnnotationPrefix::default(),
+        };
+        let freshness = duration_setting("freshness", file.freshness, DEFAULT_FRESHNESS)?;
+        let deadline = duration_setting("deadline", file.deadline, DEFAULT_DEADLINE)?;
+        let max_stale = duration_setting("max_stale", file.max_stale, DEFAULT_MAX_STALE)?;
+        if deadline < Duration::from_millis(50) || deadline > Duration::from_secs(30) {
+            return Err(ConfigError::Duration {
+                setting: "deadline",
+                value: humantime::format_duration(deadline).to_string(),
+                problem: "must be between 50ms and 30s (sshd waits for this command)".into(),
+            });
+        }
+        if freshness > max_stale {
+            return Err(ConfigError::Duration {
+                setting: "freshness",
+                value: humantime::format_duration(freshness).to_string(),
+                problem: "must not be longer than max_stale".into(),
+            });
+        }
+        Ok(Self {
+            config_file,
+            kubeconfig: overrides.kubeconfig.clone().or(file.kubeconfig),
+            node_name,
+            cache: overrides
+                .cache
+                .clone()
+                .or(file.cache)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_PATH)),
+            prefix,
+            freshness,
+            deadline,
+            max_stale,
+        })
+    }
+}
+
+fn duration_setting(
+    setting: &'static str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => humantime::parse_duration(text.trim()).map_err(|e| ConfigError::Duration {
+            setting,
+            value: text,
+            problem: e.to_string(),
+        }),
+    }
+}
+
+/// A Kubernetes Node name: a DNS subdomain (RFC 1123), so it is safe in a URL path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeName(String);
+
+/// A node name that Kubernetes would not accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{name:?} is not a valid node name: a node name is a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253 characters)"
+)]
+pub struct NodeNameError {
+    /// The refused name.
+    pub name: String,
+}
+
+impl NodeName {
+    /// Validates a node name.
+    pub fn new(name: &str) -> Result<Self, NodeNameError> {
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(NodeNameError { name: name.into() });
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for NodeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The kubeconfig to use: the configured one, or the first of [`KUBECONFIG_SEARCH_PATH`] that
+/// exists. `None` when nothing was configured and nothing was found.
+pub fn locate_kubeconfig(configured: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = configured {
+        return Some(path.to_owned());
+    }
+    KUBECONFIG_SEARCH_PATH
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let file: ConfigFile = toml::from_str(
+            "freshness = \"10s\"\nmax_stale = \"1d\"\nnode_name = \"from-file\"\nprefix = \"a.example\"",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            node_name: Some("from-flag".into()),
+            ..Overrides::default()
+        };
+        let s = Settings::from_parts(file, &overrides, None).unwrap();
+        assert_eq!(s.freshness, Duration::from_secs(10));
+        assert_eq!(s.max_stale, Duration::from_secs(86400));
+        assert_eq!(s.deadline, DEFAULT_DEADLINE);
+        assert_eq!(s.node_name.unwrap().as_str(), "from-flag");
+        assert_eq!(s.prefix.as_str(), "a.example");
+        assert_eq!(s.cache, PathBuf::from(DEFAULT_CACHE_PATH));
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        assert!(toml::from_str::<ConfigFile>("colour = \"red\"").is_err());
+        let bad = |toml_text: &str| {
+            let file: ConfigFile = toml::from_str(toml_text).unwrap();
+            Settings::from_parts(file, &Overrides::default(), None)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("deadline = \"soon\"").contains("deadline"));
+        assert!(bad("deadline = \"5m\"").contains("between"));
+        assert!(bad("node_name = \"../x\"").contains("not a valid node name"));
+        assert!(bad("prefix = \"UPPER\"").contains("prefix"));
+    }
+
+    #[test]
+    fn node_names() {
+        assert!(NodeName::new("ip-10-0-0-1.ec2.internal").is_ok());
+        for bad in ["", "A", "a/b", "a..b", "-a", "a b", "a%2f"] {
+            assert!(NodeName::new(bad).is_err(), "{bad}");
+        }
+    }
+}
