@@ -377,13 +377,13 @@ fn ssh_login_through_the_installed_package() {
     );
     assert_eq!(state_dir.mode() & 0o777, 0o750);
 
-    // The command, as the user sshd runs it as, finds the exported credentials by itself.
-    let check = as_nodegate(&["check"]);
+    // The command, as the user sshd runs it as, finds the exported credentials by itself and
+    // can write its cache in the packaged state dir.
+    let refresh = as_nodegate(&["refresh"]);
     assert!(
-        check.status.success(),
-        "authorized-keys-cmd check as nodegate failed:\n{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        stderr(&check)
+        refresh.status.success(),
+        "authorized-keys-cmd refresh as nodegate failed: {}",
+        stderr(&refresh)
     );
 
     // sshd with the machine's own configuration (and so the drop-in), on a loopback port.
