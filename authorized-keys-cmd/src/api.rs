@@ -30,12 +30,12 @@ pub enum ApiError {
         reason: String,
     },
     /// The deadline passed before the answer was complete.
-    #[error("no complete answer from {server} within {deadline:?}")]
+    #[error("no complete answer from {server} within the deadline ({waited_ms} ms)")]
     Timeout {
         /// The API server.
         server: String,
-        /// The deadline.
-        deadline: Duration,
+        /// How long was waited.
+        waited_ms: u128,
     },
     /// Connecting or TLS failed.
     #[error("cannot reach {server}: {reason}")]
@@ -214,7 +214,7 @@ pub fn fetch_node_annotations(
     let transport = |e: ureq::Error| match e {
         ureq::Error::Timeout(_) => ApiError::Timeout {
             server: credentials.server.clone(),
-            deadline,
+            waited_ms: deadline.as_millis(),
         },
         ureq::Error::BodyExceedsLimit(_) => ApiError::TooLarge,
         other => ApiError::Unreachable {

@@ -178,25 +178,16 @@ pub fn lookup(
     }
 
     let credentials = load_credentials(settings);
-    let node = match (&settings.node_name, &credentials) {
-        (Some(node), _) => node.clone(),
-        (None, Ok(creds)) => match creds.identity() {
-            Some(Ok(identity)) => identity
-                .node_name()
-                .map_err(|e| LookupError::UnknownNode(e.to_string()))?,
-            Some(Err(e)) => return Err(LookupError::UnknownNode(e.to_string())),
-            None => {
-                return Err(LookupError::UnknownNode(
-                    "the kubeconfig uses a token, which names no node; set node_name".into(),
-                ));
-            }
-        },
-        (None, Err(e)) => match cache
-            .as_ref()
-            .and_then(|c| c.only_node(&settings.prefix).ok()?)
-        {
-            Some(node) => node,
-            None => return Err(LookupError::UnknownNode(e.to_string())),
+    let node = match &credentials {
+        Ok(creds) => node_name(settings, creds).map_err(LookupError::UnknownNode)?,
+        Err(e) => match (&settings.node_name, &cache) {
+            (Some(node), _) => node.clone(),
+            (None, Some(cache)) => cache
+                .only_node(&settings.prefix)
+                .ok()
+                .flatten()
+                .ok_or_else(|| LookupError::UnknownNode(e.to_string()))?,
+            (None, None) => return Err(LookupError::UnknownNode(e.to_string())),
         },
     };
     if settings.node_name.is_none()
@@ -306,15 +297,21 @@ pub fn load_credentials(settings: &Settings) -> Result<NodeCredentials, Kubeconf
     NodeCredentials::load(&path)
 }
 
-/// The node to read: configured, or from the client certificate.
+/// The node to read: from the client certificate (`system:node:NAME`), or configured. A
+/// configured name that differs from the certificate's is refused: it would serve another
+/// node's grants on this one.
 pub fn node_name(settings: &Settings, credentials: &NodeCredentials) -> Result<NodeName, String> {
-    if let Some(node) = &settings.node_name {
-        return Ok(node.clone());
-    }
-    match credentials.identity() {
+    let from_cert = match credentials.identity() {
         Some(Ok(identity)) => identity.node_name().map_err(|e| e.to_string()),
         Some(Err(e)) => Err(e.to_string()),
         None => Err("the kubeconfig uses a token, which names no node; set node_name".into()),
+    };
+    match (&settings.node_name, from_cert) {
+        (Some(configured), Ok(cert)) if configured != &cert => Err(format!(
+            "node_name {configured:?} differs from the client certificate's system:node:{cert}; a node reads only its own grants: remove node_name or fix the kubeconfig"
+        )),
+        (Some(configured), _) => Ok(configured.clone()),
+        (None, from_cert) => from_cert,
     }
 }
 

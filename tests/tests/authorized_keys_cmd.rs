@@ -1,0 +1,762 @@
+//! authorized-keys-cmd against the real thing: kube-apiserver + etcd, a real sshd on a loopback
+//! port running the command, and a real ssh client.
+//!
+//! Build the binary first: `cargo build -p authorized-keys-cmd`.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use nodegate_core::expiry::parse_openssh_time;
+use nodegate_core::{AnnotationPrefix, Expiry, Grant, GrantKey, GrantText, LoginUser};
+use nodegate_testkit::cluster::write_kubeconfig;
+use nodegate_testkit::pki::Pki;
+use nodegate_testkit::process::Scratch;
+use nodegate_testkit::sshd::{KeySource, Login, RootOwnedDir, SshKey, Sshd, ssh_keygen};
+use nodegate_testkit::{Cluster, Validity, workspace_bin};
+
+/// A node of the test cluster with its own kubeconfig, config file, cache and keys.
+struct NodeSetup<'c> {
+    cluster: &'c Cluster,
+    name: String,
+    scratch: Scratch,
+    config: PathBuf,
+    cache: PathBuf,
+}
+
+impl<'c> NodeSetup<'c> {
+    /// Creates Node `name` and a config that uses its own kubelet-style credentials of `validity`
+    /// (node name taken from the certificate) with the given extra TOML lines.
+    fn new(cluster: &'c Cluster, name: &str, validity: Validity, extra_toml: &str) -> Self {
+        cluster.create_node(name);
+        let scratch = Scratch::new(&format!("akc-{name}"));
+        let kubeconfig = cluster.node_kubeconfig(name, validity);
+        let cache = scratch.join("grants-cache.sqlite");
+        let config = scratch.write(
+            "authorized-keys-cmd.toml",
+            format!(
+                "kubeconfig = \"{}\"\ncache = \"{}\"\n{extra_toml}\n",
+                kubeconfig.display(),
+                cache.display()
+            ),
+        );
+        NodeSetup {
+            cluster,
+            name: name.to_owned(),
+            scratch,
+            config,
+            cache,
+        }
+    }
+
+    /// Rewrites the config file.
+    fn set_config(&self, kubeconfig: &Path, extra_toml: &str) {
+        std::fs::write(
+            &self.config,
+            format!(
+                "kubeconfig = \"{}\"\ncache = \"{}\"\n{extra_toml}\n",
+                kubeconfig.display(),
+                self.cache.display()
+            ),
+        )
+        .expect("write the config file");
+    }
+
+    fn key(&self, name: &str) -> SshKey {
+        ssh_keygen(self.scratch.path(), name)
+    }
+
+    /// Writes a grant of `key` to `user` until `expiry` on this Node, as keyctl would.
+    fn grant(&self, key: &SshKey, user: &str, expiry: Expiry) -> Grant {
+        let grant = Grant {
+            user: LoginUser::new(user).expect("a valid login user"),
+            key: GrantKey::parse(&key.public).expect("ssh-keygen made a valid key"),
+            expiry,
+            granted_by: GrantText::new("granted-by", "test").expect("valid text"),
+            granted_at: whole_seconds(Utc::now()),
+            reason: Some(GrantText::new("reason", "authorized-keys-cmd test").expect("valid text")),
+        };
+        let prefix = AnnotationPrefix::default();
+        self.cluster.set_node_annotation(
+            &self.name,
+            &grant.annotation_key(&prefix),
+            Some(&grant.annotation_value()),
+        );
+        grant
+    }
+
+    fn revoke(&self, grant: &Grant) {
+        self.cluster.set_node_annotation(
+            &self.name,
+            &grant.annotation_key(&AnnotationPrefix::default()),
+            None,
+        );
+    }
+
+    /// Runs the command as sshd would (`USER [FINGERPRINT]`), with `--verbose`.
+    fn run(&self, args: &[&str]) -> Output {
+        command(&self.config, args)
+            .output()
+            .expect("run authorized-keys-cmd")
+    }
+
+    /// A real sshd whose AuthorizedKeysCommand is this command with this config.
+    fn sshd(&self) -> Sshd {
+        let dir = RootOwnedDir::new("akc");
+        let program = dir.install(&workspace_bin("authorized-keys-cmd"), "authorized-keys-cmd");
+        // The dir must outlive sshd; it is removed when the test process ends.
+        std::mem::forget(dir);
+        Sshd::start(
+            &self.scratch,
+            "sshd",
+            &KeySource::Command {
+                program,
+                args: vec![
+                    "--config".into(),
+                    self.config.display().to_string(),
+                    "%u".into(),
+                    "%f".into(),
+                ],
+            },
+        )
+    }
+}
+
+fn command(config: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(workspace_bin("authorized-keys-cmd"));
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--verbose")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp(), 0).expect("a time in range")
+}
+
+fn in_hours(h: i64) -> Expiry {
+    Expiry::At(whole_seconds(Utc::now() + chrono::Duration::hours(h)))
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn lines(out: &Output) -> BTreeSet<String> {
+    stdout(out).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn granted_key_logs_in_as_its_user_and_no_other() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(cluster, "akc-login", Validity::Current, "");
+    let alice = node.key("alice");
+    let bob = node.key("bob");
+    let daemon_key = node.key("daemon-key");
+    node.grant(&alice, "root", in_hours(1));
+    node.grant(&daemon_key, "daemon", in_hours(1));
+    let sshd = node.sshd();
+
+    assert_eq!(
+        sshd.login(&alice, "root"),
+        Login::Succeeded,
+        "{}",
+        sshd.log()
+    );
+    assert_eq!(
+        sshd.login(&alice, "daemon"),
+        Login::Refused,
+        "granted to root only"
+    );
+    assert_eq!(sshd.login(&bob, "root"), Login::Refused, "never granted");
+    // daemon's shell is nologin: authenticated, then the session is refused.
+    assert_eq!(
+        sshd.login(&daemon_key, "daemon"),
+        Login::AuthenticatedButNoShell
+    );
+    assert_eq!(sshd.login(&daemon_key, "root"), Login::Refused);
+    assert!(
+        sshd.log().contains("Accepted publickey for root"),
+        "{}",
+        sshd.log()
+    );
+}
+
+#[test]
+fn prints_exactly_the_usable_lines_and_filters_by_fingerprint() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(cluster, "akc-lines", Validity::Current, "");
+    let one = node.key("one");
+    let two = node.key("two");
+    let g1 = node.grant(&one, "root", in_hours(2));
+    let g2 = node.grant(&two, "root", Expiry::Permanent);
+    let expired = node.key("expired");
+    node.grant(
+        &expired,
+        "root",
+        Expiry::At(parse_openssh_time("20200101000000Z").unwrap()),
+    );
+
+    let out = node.run(&["root"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        lines(&out),
+        BTreeSet::from([g1.authorized_keys_line(), g2.authorized_keys_line()])
+    );
+    assert!(g1.authorized_keys_line().starts_with("expiry-time=\""));
+
+    let fp = g2.key.fingerprint().to_string();
+    let out = node.run(&["root", &fp]);
+    assert_eq!(stdout(&out), format!("{}\n", g2.authorized_keys_line()));
+    let out = node.run(&["daemon", &fp]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), "", "nothing for another user");
+    // sshd may pass a user that can hold no grant: answer nothing, successfully.
+    let out = node.run(&["Bad User"]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), "");
+    assert!(stderr(&out).contains("source="), "{}", stderr(&out));
+}
+
+#[test]
+fn grant_that_expires_in_seconds_stops_working() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(cluster, "akc-expiry", Validity::Current, "");
+    let key = node.key("short");
+    let expires = whole_seconds(Utc::now()) + chrono::Duration::seconds(4);
+    node.grant(&key, "root", Expiry::At(expires));
+    let sshd = node.sshd();
+    assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
+    let wait = (expires - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(1200);
+    std::thread::sleep(wait);
+    assert_eq!(sshd.login(&key, "root"), Login::Refused, "expired grant");
+    assert_eq!(stdout(&node.run(&["root"])), "");
+}
+
+#[test]
+fn revoked_grant_stops_working_within_the_freshness_window() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(
+        cluster,
+        "akc-revoke",
+        Validity::Current,
+        "freshness = \"2s\"",
+    );
+    let key = node.key("revoked");
+    let grant = node.grant(&key, "root", in_hours(1));
+    let sshd = node.sshd();
+    assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
+    // A repeat within the window is answered from the cache, without the API.
+    let out = node.run(&["root"]);
+    assert!(
+        stderr(&out).contains("source=cache (fresh"),
+        "{}",
+        stderr(&out)
+    );
+    node.revoke(&grant);
+    let revoked_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(sshd.login(&key, "root"), Login::Refused);
+    assert!(revoked_at.elapsed() < Duration::from_secs(10));
+    let out = node.run(&["root"]);
+    assert_eq!(stdout(&out), "");
+}
+
+#[test]
+fn fifty_parallel_invocations_all_succeed() {
+    let cluster = Cluster::shared();
+    // freshness 0: every call asks the API and writes the cache, the worst case for contention.
+    let node = NodeSetup::new(
+        cluster,
+        "akc-parallel",
+        Validity::Current,
+        "freshness = \"0s\"",
+    );
+    let key = node.key("parallel");
+    let grant = node.grant(&key, "root", in_hours(1));
+    let expected = format!("{}\n", grant.authorized_keys_line());
+    for round in ["empty cache, all via the API", "existing cache"] {
+        let children: Vec<_> = (0..50)
+            .map(|_| command(&node.config, &["root"]).spawn().unwrap())
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{round}: {}", stderr(&out));
+            assert_eq!(stdout(&out), expected, "{round}: {}", stderr(&out));
+        }
+    }
+    node.set_config(
+        &cluster.node_kubeconfig("akc-parallel", Validity::Current),
+        "freshness = \"1m\"",
+    );
+    let children: Vec<_> = (0..50)
+        .map(|_| command(&node.config, &["root"]).spawn().unwrap())
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), expected);
+    }
+}
+
+#[test]
+fn hostile_annotations_never_yield_a_line() {
+    let cluster = Cluster::shared();
+    // freshness 0: every run reads the planted value from the API, never an earlier cache.
+    let node = NodeSetup::new(
+        cluster,
+        "akc-hostile",
+        Validity::Current,
+        "freshness = \"0s\"",
+    );
+    let good_key = node.key("good");
+    let good = node.grant(&good_key, "root", in_hours(1));
+    let evil = node.key("evil");
+    let evil_grant = Grant {
+        user: LoginUser::new("root").unwrap(),
+        key: GrantKey::parse(&evil.public).unwrap(),
+        expiry: in_hours(1),
+        granted_by: GrantText::new("granted-by", "mallory").unwrap(),
+        granted_at: whole_seconds(Utc::now()),
+        reason: None,
+    };
+    let prefix = AnnotationPrefix::default();
+    let name = evil_grant.annotation_name();
+    let key_of = |n: &str| format!("{prefix}/{n}");
+    let value = evil_grant.annotation_value();
+    let evil_pub = evil.public.clone();
+    let bare_key = evil_pub.rsplit_once(' ').unwrap().0.to_owned();
+    let corpus: Vec<(String, String)> = vec![
+        // Newline smuggling a second authorized_keys line.
+        (key_of(&name), format!("{value}\n{bare_key} injected")),
+        (
+            key_of(&name),
+            format!("{value}\r\ncommand=\"sh\" {bare_key}"),
+        ),
+        // Extra options.
+        (
+            key_of(&name),
+            value.replacen("login=", "command=\"/bin/sh\",login=", 1),
+        ),
+        (
+            key_of(&name),
+            value.replacen("login=", "from=\"*\",login=", 1),
+        ),
+        (key_of(&name), value.replacen("login=", "no-pty,login=", 1)),
+        // Bad base64, wrong key type text, truncated key.
+        (
+            key_of(&name),
+            value.replace(&bare_key[12..40], "!!!!not base64!!!!"),
+        ),
+        (key_of(&name), value.replacen("ssh-ed25519", "ssh-rsa", 1)),
+        (
+            key_of(&name),
+            format!("{} ssh-ed25519 AAAA", value.split_once(' ').unwrap().0),
+        ),
+        // Huge values.
+        (key_of(&name), format!("{value} {}", "x".repeat(9000))),
+        (
+            key_of(&name),
+            value.replacen("mallory", &"m".repeat(300), 1),
+        ),
+        // Control and invisible characters.
+        (
+            key_of(&name),
+            value.replacen("mallory", "mal\u{1b}[2Jlory", 1),
+        ),
+        (
+            key_of(&name),
+            value.replacen("mallory", "mal\u{202e}lory", 1),
+        ),
+        (key_of(&name), value.replacen("mallory", "mal\tlory", 1)),
+        // The right value under another grant's name, and other users.
+        (key_of(&good.annotation_name()), value.clone()),
+        (
+            key_of(&name.replacen("g.root.", "g.daemon.", 1)),
+            value.clone(),
+        ),
+        (
+            key_of(&name),
+            value.replacen("login=\"root\"", "login=\"daemon\"", 1),
+        ),
+        (
+            key_of(&name),
+            value.replacen("login=\"root\"", "login=\"root\\\"\"", 1),
+        ),
+        // Ambiguous expiry, duplicates, bad times.
+        (
+            key_of(&name),
+            value.replacen("login=\"root\",", "login=\"root\",permanent,", 1),
+        ),
+        (
+            key_of(&name),
+            value.replacen("login=\"root\",", "login=\"root\",login=\"root\",", 1),
+        ),
+        (
+            key_of(&name),
+            value.replacen("Z\",granted-by", "\",granted-by", 1),
+        ),
+        (key_of(&name), String::new()),
+        (key_of(&name), "{\"login\":\"root\"}".into()),
+        (key_of("g.root"), value.clone()),
+        (key_of(&format!("{name}\u{0}")), value.clone()),
+    ];
+    let evil_fp = evil_grant.key.fingerprint().to_string();
+    let good_key_name = key_of(&good.annotation_name());
+    let sshd = node.sshd();
+    for (i, (key, hostile)) in corpus.iter().enumerate() {
+        let patch = serde_json::json!({"metadata": {"annotations": {key: hostile}}});
+        // The API itself refuses some names (NUL); those cannot reach a node at all.
+        let planted = cluster
+            .kubectl(&[
+                "patch",
+                "node",
+                &node.name,
+                "--type=merge",
+                "-p",
+                &patch.to_string(),
+            ])
+            .status
+            .success();
+        let out = node.run(&["root"]);
+        assert!(out.status.success(), "case {i}: {}", stderr(&out));
+        // Planting over the good grant's own name replaces it: then nothing at all is valid.
+        let expected = if planted && key == &good_key_name {
+            BTreeSet::new()
+        } else {
+            BTreeSet::from([good.authorized_keys_line()])
+        };
+        assert_eq!(
+            lines(&out),
+            expected,
+            "case {i} ({key:?} = {hostile:?}, planted: {planted})"
+        );
+        assert!(
+            !stdout(&out).contains(&bare_key[12..]),
+            "case {i}: the evil key must never be printed"
+        );
+        let out = node.run(&["daemon", &evil_fp]);
+        assert_eq!(stdout(&out), "", "case {i}");
+        if planted && i % 4 == 0 {
+            // Now and then through the real sshd too.
+            assert_eq!(sshd.login(&evil, "root"), Login::Refused, "case {i}");
+        }
+        let restore = (key == &good_key_name).then(|| good.annotation_value());
+        if planted {
+            cluster.set_node_annotation(&node.name, key, restore.as_deref());
+        }
+    }
+    assert_eq!(sshd.login(&good_key, "root"), Login::Succeeded);
+    // Invalid grants are reported on the diagnostics channel, never on stdout.
+    cluster.set_node_annotation(&node.name, &corpus[2].0, Some(&corpus[2].1));
+    let out = node.run(&["root"]);
+    assert!(
+        stderr(&out).contains("ignoring invalid grant annotation"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("unknown option"), "{}", stderr(&out));
+}
+
+#[test]
+fn expired_or_foreign_node_certificate_falls_back_to_the_cache() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(cluster, "akc-cert", Validity::Current, "freshness = \"0s\"");
+    let key = node.key("cert");
+    let grant = node.grant(&key, "root", in_hours(1));
+    let expected = format!("{}\n", grant.authorized_keys_line());
+
+    // No cache yet, expired certificate: nothing trustworthy, fail closed.
+    let expired = cluster.node_kubeconfig("akc-cert", Validity::Expired);
+    node.set_config(&expired, "freshness = \"0s\"");
+    let out = node.run(&["root"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("valid only from"), "{}", stderr(&out));
+
+    // Fill the cache with good credentials, then the expired certificate is served from it.
+    let current = cluster.node_kubeconfig("akc-cert", Validity::Current);
+    node.set_config(&current, "freshness = \"0s\"");
+    assert_eq!(stdout(&node.run(&["root"])), expected);
+    node.set_config(&expired, "freshness = \"0s\"");
+    let sshd = node.sshd();
+    assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
+    let out = node.run(&["root"]);
+    assert_eq!(stdout(&out), expected);
+    assert!(
+        stderr(&out).contains("source=cache (API unavailable"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A node certificate from another CA (another cluster): the API rejects it.
+    let foreign_pki = Pki::new(&node.scratch.join("foreign-pki"), "foreign-ca");
+    let foreign = foreign_pki.client(
+        "foreign-node",
+        "system:node:akc-cert",
+        &["system:nodes"],
+        Validity::Current,
+    );
+    let foreign_kubeconfig = write_kubeconfig(
+        &node.scratch.join("foreign.kubeconfig"),
+        cluster.server(),
+        cluster.pki.ca_cert(),
+        &foreign.combined,
+        &foreign.combined,
+    );
+    node.set_config(&foreign_kubeconfig, "freshness = \"0s\"");
+    let out = node.run(&["root"]);
+    assert_eq!(stdout(&out), expected, "served from the cache");
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+
+    // Another node's valid credentials with this node's name configured: refused, since it
+    // would serve one node's grants on another.
+    cluster.create_node("akc-cert-other");
+    let other = cluster.node_kubeconfig("akc-cert-other", Validity::Current);
+    node.set_config(&other, "freshness = \"0s\"\nnode_name = \"akc-cert\"");
+    let out = node.run(&["root"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    assert!(
+        stderr(&out).contains("differs from the client certificate"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn corrupt_foreign_or_unsafe_cache_is_never_trusted() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(
+        cluster,
+        "akc-corrupt",
+        Validity::Current,
+        "freshness = \"1h\"",
+    );
+    let key = node.key("corrupt");
+    let grant = node.grant(&key, "root", in_hours(1));
+    let expected = format!("{}\n", grant.authorized_keys_line());
+    assert_eq!(stdout(&node.run(&["root"])), expected);
+
+    // Garbage over the cache: detected, moved aside, rebuilt from the API.
+    std::fs::write(&node.cache, vec![0x5a; 8192]).unwrap();
+    let out = node.run(&["root"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), expected);
+    assert!(stderr(&out).contains("moved it to"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("source=api"), "{}", stderr(&out));
+    let aside = std::fs::read_dir(node.scratch.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+        .count();
+    assert!(aside >= 1, "the corrupt file is kept aside for inspection");
+    let out = node.run(&["root"]);
+    assert!(
+        stderr(&out).contains("source=cache (fresh"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A foreign SQLite database (another program's) in its place: also not trusted.
+    std::fs::remove_file(&node.cache).unwrap();
+    for side in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{side}", node.cache.display()));
+    }
+    let status = Command::new("sqlite3")
+        .arg(&node.cache)
+        .arg("CREATE TABLE node_grants (node TEXT, prefix TEXT, annotations TEXT, fetched_at_ms INTEGER); INSERT INTO node_grants VALUES ('akc-corrupt', 'ssh.nodegate.dev', '{}', 99999999999999);")
+        .status()
+        .expect("run sqlite3");
+    assert!(status.success());
+    let out = node.run(&["root"]);
+    assert_eq!(stdout(&out), expected);
+    assert!(
+        stderr(&out).contains("another program's database"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A cache others may write is refused (and not used), the API still answers.
+    std::fs::set_permissions(&node.cache, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = node.run(&["root"]);
+    assert_eq!(stdout(&out), expected);
+    assert!(
+        stderr(&out).contains("writable by group or others"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("source=api"), "{}", stderr(&out));
+    std::fs::set_permissions(&node.cache, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // A config file others may write is refused outright: nothing printed, exit 2.
+    std::fs::set_permissions(&node.config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = node.run(&["root"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stdout(&out), "");
+    assert!(
+        stderr(&out).contains("refusing the config file"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::set_permissions(&node.config, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn apiserver_outage_is_served_from_the_cache_within_the_deadline() {
+    // Stopping the API server affects every user of a cluster: this test has its own. It starts
+    // after the shared one is up, so that two API servers do not start at once on a small machine.
+    let _ = Cluster::shared();
+    let cluster = Cluster::start();
+    let node = NodeSetup::new(
+        &cluster,
+        "akc-outage",
+        Validity::Current,
+        "freshness = \"0s\"",
+    );
+    let key = node.key("outage");
+    let grant = node.grant(&key, "root", in_hours(1));
+    let expected = format!("{}\n", grant.authorized_keys_line());
+    let sshd = node.sshd();
+    assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
+    let refresh = command(&node.config, &["refresh"]).output().unwrap();
+    assert!(refresh.status.success(), "{}", stderr(&refresh));
+    assert!(
+        stderr(&refresh).contains("1 valid grants"),
+        "{}",
+        stderr(&refresh)
+    );
+
+    cluster.stop_apiserver();
+    assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
+    let started = Instant::now();
+    let out = node.run(&["root"]);
+    let took = started.elapsed();
+    assert_eq!(stdout(&out), expected);
+    assert!(
+        stderr(&out).contains("source=cache (API unavailable"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "connection refused must not wait: {took:?}"
+    );
+
+    // An API that accepts connections but never answers: the deadline bounds the wait.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let blackhole_config = node.scratch.write(
+        "blackhole.kubeconfig",
+        std::fs::read_to_string(cluster.node_kubeconfig("akc-outage", Validity::Current))
+            .unwrap()
+            .replace(
+                cluster.server(),
+                &format!("https://{}", blackhole.local_addr().unwrap()),
+            ),
+    );
+    node.set_config(
+        &blackhole_config,
+        "freshness = \"0s\"\ndeadline = \"700ms\"",
+    );
+    let started = Instant::now();
+    let out = node.run(&["root"]);
+    let took = started.elapsed();
+    assert_eq!(stdout(&out), expected, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no complete answer"),
+        "{}",
+        stderr(&out)
+    );
+    // Without the deadline this would hang for as long as the listener lives.
+    assert!(took < Duration::from_secs(5), "returned after {took:?}");
+    drop(blackhole);
+
+    // Older than max_stale: fail closed.
+    std::thread::sleep(Duration::from_millis(1100));
+    node.set_config(
+        &cluster.node_kubeconfig("akc-outage", Validity::Current),
+        "freshness = \"0s\"\nmax_stale = \"1s\"",
+    );
+    let out = node.run(&["root"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    assert!(stderr(&out).contains("max_stale"), "{}", stderr(&out));
+    assert_eq!(sshd.login(&key, "root"), Login::Refused);
+
+    // The API back: logins via the API again.
+    cluster.start_apiserver();
+    let out = node.run(&["root"]);
+    assert_eq!(stdout(&out), expected);
+    assert!(stderr(&out).contains("source=api"), "{}", stderr(&out));
+}
+
+#[test]
+fn check_diagnoses_the_node_with_fixes() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(cluster, "akc-check", Validity::Current, "");
+    let key = node.key("check");
+    node.grant(&key, "root", in_hours(1));
+    cluster.set_node_annotation(
+        "akc-check",
+        "ssh.nodegate.dev/g.root.0000000000000000",
+        Some("command=\"sh\" ssh-ed25519 AAAA"),
+    );
+    let sshd = node.sshd();
+    let sshd_config = sshd.config.display().to_string();
+    let out = command(&node.config, &["--sshd-config", &sshd_config, "check"])
+        .output()
+        .unwrap();
+    let report = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}{}", stderr(&out));
+    assert!(
+        report.contains("sshd runs AuthorizedKeysCommand"),
+        "{report}"
+    );
+    assert!(report.contains("this is Node akc-check"), "{report}");
+    assert!(
+        report.contains("1 grants under ssh.nodegate.dev/ (1 unexpired)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("WARNING invalid grant annotation"),
+        "{report}"
+    );
+    assert!(report.contains("is healthy"), "{report}");
+
+    // Expired certificate and an sshd config whose command lives under /tmp.
+    node.set_config(&cluster.node_kubeconfig("akc-check", Validity::Expired), "");
+    let bad_sshd = node.scratch.write(
+        "bad_sshd_config",
+        std::fs::read_to_string(&sshd.config).unwrap().replace(
+            "AuthorizedKeysCommand /var/lib/nodegate-test/",
+            "AuthorizedKeysCommand /tmp/",
+        ),
+    );
+    let out = command(
+        &node.config,
+        &["--sshd-config", &bad_sshd.display().to_string(), "check"],
+    )
+    .output()
+    .unwrap();
+    let report = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("PROBLEM sshd will refuse /tmp/"),
+        "{report}"
+    );
+    assert!(report.contains("is not valid now"), "{report}");
+    assert!(report.contains("401"), "{report}");
+    assert!(report.contains("fix: "), "{report}");
+}
