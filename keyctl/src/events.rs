@@ -1,8 +1,15 @@
 //! The audit trail on each Node: one Kubernetes Event per grant, revoke and prune, so that
 //! `kubectl describe node` shows who did what to whose key.
+//!
+//! Events about cluster-scoped objects go to `kube-system`: it is the one namespace every API
+//! server version accepts for new-style (events.k8s.io/v1) events about a Node, and
+//! `kubectl describe node` finds events in any namespace.
 
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
 use kube::Resource as _;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::{Api, PostParams};
 use nodegate_core::Grant;
 use nodegate_core::grant::escape_for_display;
 
@@ -43,10 +50,14 @@ impl GrantChange {
     }
 }
 
+/// The namespace keyctl's events are written to.
+pub const EVENTS_NAMESPACE: &str = "kube-system";
+
 /// Publishes grant events as the caller.
 #[derive(Clone)]
 pub struct AuditTrail {
-    recorder: Recorder,
+    events: Api<Event>,
+    instance: String,
     caller: String,
 }
 
@@ -56,12 +67,9 @@ const MAX_NOTE: usize = 1024;
 impl AuditTrail {
     /// A trail whose events say `caller` did it; `instance` tells which keyctl (host or pod).
     pub fn new(client: kube::Client, caller: &str, instance: Option<String>) -> Self {
-        let reporter = Reporter {
-            controller: REPORTING_CONTROLLER.to_owned(),
-            instance,
-        };
         Self {
-            recorder: Recorder::new(client, reporter),
+            events: Api::namespaced(client, EVENTS_NAMESPACE),
+            instance: instance.unwrap_or_else(|| "keyctl".to_owned()),
             caller: caller.to_owned(),
         }
     }
@@ -114,19 +122,29 @@ impl AuditTrail {
             }
             note.truncate(end);
         }
+        let now = Timestamp::now();
+        let node_name = node.metadata.name.clone().unwrap_or_default();
         let event = Event {
-            type_: EventType::Normal,
-            reason: change.reason().to_owned(),
+            metadata: ObjectMeta {
+                name: Some(format!("{node_name}.{:x}", now.as_nanosecond())),
+                namespace: Some(EVENTS_NAMESPACE.to_owned()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(now)),
+            type_: Some("Normal".to_owned()),
+            reason: Some(change.reason().to_owned()),
+            action: Some(change.action().to_owned()),
             note: Some(note),
-            action: change.action().to_owned(),
-            secondary: None,
+            regarding: Some(node.object_ref(&())),
+            reporting_controller: Some(REPORTING_CONTROLLER.to_owned()),
+            reporting_instance: Some(self.instance.chars().take(128).collect()),
+            ..Event::default()
         };
         // The change itself succeeded; a missing audit event is worth a warning, not a failure.
-        if let Err(error) = self.recorder.publish(&event, &node.object_ref(&())).await {
+        if let Err(error) = self.events.create(&PostParams::default(), &event).await {
             tracing::warn!(
-                "could not record the {} event on node {}: {error}",
-                change.reason(),
-                node.metadata.name.as_deref().unwrap_or_default()
+                "could not record the {} event on node {node_name}: {error}",
+                change.reason()
             );
         }
     }

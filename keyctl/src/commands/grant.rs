@@ -1,14 +1,13 @@
 //! `keyctl grant`: one merge patch per node that sets one annotation per key.
 
 use anyhow::{Context as _, bail};
-use chrono::Utc;
+use chrono::{SubsecRound as _, Utc};
 use kube::api::Patch;
 use kube::api::PatchParams;
 use nodegate_core::grant::escape_for_display;
 use nodegate_core::node::{ANNOTATIONS_SIZE_LIMIT, annotations_size};
 use nodegate_core::{Expiry, Grant, GrantText, LoginUser};
 
-use crate::access::{self, GRANTER_ROLE, Permission};
 use crate::cli::GrantArgs;
 use crate::commands::describe_expiry;
 use crate::events::{AuditTrail, GrantChange};
@@ -34,7 +33,8 @@ pub enum GrantRefused {
 /// Runs `keyctl grant`. Returns whether every node succeeded.
 pub async fn run(session: &Session, args: &GrantArgs) -> anyhow::Result<bool> {
     let user = LoginUser::new(&args.user).context("--user")?;
-    let now = Utc::now();
+    // Grants carry whole seconds; so must what is compared with them.
+    let now = Utc::now().trunc_subsecs(0);
     let expiry = match (&args.expires, args.permanent) {
         (_, true) => Expiry::Permanent,
         (Some(text), false) => Expiry::parse_user_input(text, now).context("--expires")?,
@@ -51,30 +51,9 @@ pub async fn run(session: &Session, args: &GrantArgs) -> anyhow::Result<bool> {
     let (key_path, keys) = keys::read_keys(args.key.as_deref())?;
 
     let api = session.nodes();
-    let resolved = nodes::resolve(
-        &api,
-        &args.target.nodes,
-        args.target.selector.as_deref(),
-        false,
-        session.concurrency,
-    )
-    .await?;
     let caller = session.caller().await;
-    let names: Vec<String> = resolved.found.keys().cloned().collect();
-    access::require_on_nodes(
-        &session.client,
-        &caller,
-        Permission {
-            verb: "patch",
-            group: "",
-            resource: "nodes",
-            namespace: None,
-        },
-        &names,
-        GRANTER_ROLE,
-        session.concurrency,
-    )
-    .await?;
+    let resolved =
+        super::resolve_for_change(session, &caller, &args.target, false, |_| true).await?;
 
     let granted_by = GrantText::new("granted-by", &caller)
         .or_else(|_| GrantText::new("granted-by", &escape_for_display(&caller)))

@@ -8,6 +8,63 @@ pub mod remove;
 use chrono::{DateTime, Utc};
 use nodegate_core::Expiry;
 
+use crate::access::{self, GRANTER_ROLE, Permission};
+use crate::cli::NodeSelection;
+use crate::nodes::{self, NodeMeta, Resolved};
+use crate::session::Session;
+
+/// The permission every change to grants needs.
+const PATCH_NODES: Permission<'static> = Permission {
+    verb: "patch",
+    group: "",
+    resource: "nodes",
+    namespace: None,
+};
+
+/// Finds the nodes a change works on, keeps those `keep` says need it, and makes sure the
+/// caller may patch every one of them, before anything is written. Named nodes are checked
+/// before they are even read, so that a limited role gets the access message, not a 403.
+pub async fn resolve_for_change(
+    session: &Session,
+    caller: &str,
+    target: &NodeSelection,
+    all_by_default: bool,
+    keep: impl Fn(&NodeMeta) -> bool,
+) -> anyhow::Result<Resolved> {
+    let check = |names: Vec<String>| async move {
+        if names.is_empty() {
+            return Ok(());
+        }
+        access::require_on_nodes(
+            &session.client,
+            caller,
+            PATCH_NODES,
+            &names,
+            GRANTER_ROLE,
+            session.concurrency,
+        )
+        .await
+    };
+    check(target.nodes.clone()).await?;
+    let mut resolved = nodes::resolve(
+        &session.nodes(),
+        &target.nodes,
+        target.selector.as_deref(),
+        all_by_default,
+        session.concurrency,
+    )
+    .await?;
+    resolved.found.retain(|_, node| keep(node));
+    let selected: Vec<String> = resolved
+        .found
+        .keys()
+        .filter(|name| !target.nodes.contains(name))
+        .cloned()
+        .collect();
+    check(selected).await?;
+    Ok(resolved)
+}
+
 /// "in 1h 59m", "expired 3m ago", "never": how far an expiry is from `now`, for people.
 pub fn describe_expiry(expiry: &Expiry, now: DateTime<Utc>) -> String {
     match expiry.instant() {

@@ -12,7 +12,6 @@ use kube::api::{Patch, PatchParams};
 use nodegate_core::grant::escape_for_display;
 use nodegate_core::{AnnotationPrefix, Grant, GrantKey, LoginUser, NodeGrants};
 
-use crate::access::{self, GRANTER_ROLE, Permission};
 use crate::cli::{PruneArgs, RevokeArgs};
 use crate::events::{AuditTrail, GrantChange};
 use crate::nodes::{self, NodeMeta};
@@ -208,16 +207,12 @@ pub async fn revoke(session: &Session, args: &RevokeArgs) -> anyhow::Result<bool
         user,
         all: args.all,
     };
-    let resolved = nodes::resolve(
-        &session.nodes(),
-        &args.target.nodes,
-        args.target.selector.as_deref(),
-        false,
-        session.concurrency,
-    )
-    .await?;
+    let caller = session.caller().await;
+    let resolved =
+        super::resolve_for_change(session, &caller, &args.target, false, |_| true).await?;
     remove_everywhere(
         session,
+        &caller,
         resolved,
         &choice,
         args.dry_run,
@@ -233,18 +228,12 @@ pub async fn prune(session: &Session, args: &PruneArgs) -> anyhow::Result<bool> 
         now: Utc::now(),
         invalid: args.invalid,
     };
-    let mut resolved = nodes::resolve(
-        &session.nodes(),
-        &args.target.nodes,
-        args.target.selector.as_deref(),
-        true,
-        session.concurrency,
-    )
-    .await?;
+    let caller = session.caller().await;
     // Only nodes with something to remove need the permission, and the work.
-    resolved
-        .found
-        .retain(|_, node| !pick(node, &session.prefix, &choice).is_empty());
+    let resolved = super::resolve_for_change(session, &caller, &args.target, true, |node| {
+        !pick(node, &session.prefix, &choice).is_empty()
+    })
+    .await?;
     if resolved.found.is_empty() && resolved.missing.is_empty() {
         println!(
             "Nothing to prune: no expired grants{}.",
@@ -258,6 +247,7 @@ pub async fn prune(session: &Session, args: &PruneArgs) -> anyhow::Result<bool> 
     }
     remove_everywhere(
         session,
+        &caller,
         resolved,
         &choice,
         args.dry_run,
@@ -269,29 +259,14 @@ pub async fn prune(session: &Session, args: &PruneArgs) -> anyhow::Result<bool> 
 
 async fn remove_everywhere(
     session: &Session,
+    caller: &str,
     resolved: nodes::Resolved,
     choice: &dyn Choice,
     dry_run: bool,
     change: GrantChange,
     verb: &str,
 ) -> anyhow::Result<bool> {
-    let caller = session.caller().await;
-    let names: Vec<String> = resolved.found.keys().cloned().collect();
-    access::require_on_nodes(
-        &session.client,
-        &caller,
-        Permission {
-            verb: "patch",
-            group: "",
-            resource: "nodes",
-            namespace: None,
-        },
-        &names,
-        GRANTER_ROLE,
-        session.concurrency,
-    )
-    .await?;
-    let trail = AuditTrail::new(session.client.clone(), &caller, super::grant::hostname());
+    let trail = AuditTrail::new(session.client.clone(), caller, super::grant::hostname());
     let api = session.nodes();
     let outcomes = fleet::run(resolved, session.concurrency, verb, |node| {
         let api = api.clone();

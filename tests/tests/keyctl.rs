@@ -1,0 +1,918 @@
+//! keyctl against a real kube-apiserver with RBAC: black-box, through the binary users run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use nodegate_core::{AnnotationPrefix, Grant, GrantKey, NodeGrants};
+use nodegate_testkit::process::{Scratch, wait_until};
+use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
+
+const PREFIX: &str = "ssh.nodegate.dev";
+
+/// The shared cluster with the shipped roles applied and users bound to them.
+fn cluster() -> &'static Cluster {
+    static READY: OnceLock<()> = OnceLock::new();
+    let cluster = Cluster::shared();
+    READY.get_or_init(|| {
+        for manifest in ["keyctl-granter.yaml", "keyctl-viewer.yaml"] {
+            let path = workspace_root().join("packaging/rbac").join(manifest);
+            cluster.apply(&std::fs::read_to_string(path).expect("read RBAC manifest"));
+        }
+        for (binding, role, user) in [
+            ("alice-granter", "nodegate-keyctl-granter", "alice"),
+            ("victor-viewer", "nodegate-keyctl-viewer", "victor"),
+            ("carol-gpu", "nodegate-keyctl-granter-gpu-pool", "carol"),
+        ] {
+            cluster.kubectl_ok(&[
+                "create",
+                "clusterrolebinding",
+                binding,
+                &format!("--clusterrole={role}"),
+                &format!("--user={user}"),
+            ]);
+        }
+    });
+    cluster
+}
+
+/// A user's kubeconfig on the shared cluster.
+fn kubeconfig(user: &str) -> PathBuf {
+    cluster().user_kubeconfig(user, &["people"], Validity::Current)
+}
+
+/// One test's workspace: a HOME with its own ~/.ssh, and keys made by ssh-keygen.
+struct Workstation {
+    scratch: Scratch,
+}
+
+impl Workstation {
+    fn new(label: &str) -> Self {
+        let scratch = Scratch::new(label);
+        std::fs::create_dir_all(scratch.join("home/.ssh")).expect("create ~/.ssh");
+        Self { scratch }
+    }
+
+    /// Makes an ed25519 key pair and returns the public key file.
+    fn keygen(&self, name: &str) -> PathBuf {
+        let private = self.scratch.join(name);
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+            .arg(format!("{name}@test"))
+            .arg("-f")
+            .arg(&private)
+            .status()
+            .expect("run ssh-keygen");
+        assert!(status.success());
+        private.with_extension("pub")
+    }
+
+    fn keyctl(&self, kubeconfig: &Path, args: &[&str]) -> Output {
+        self.keyctl_with_stdin(kubeconfig, args, None)
+    }
+
+    fn keyctl_with_stdin(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut child = Command::new(workspace_bin("keyctl"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .env("HOME", self.scratch.join("home"))
+            .env_remove("KUBECONFIG")
+            .env_remove("NODEGATE_PREFIX")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run keyctl");
+        if let Some(input) = stdin {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(input)
+                .expect("write stdin");
+        }
+        child.wait_with_output().expect("wait for keyctl")
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "keyctl failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+    stdout(out)
+}
+
+fn fingerprint(pub_file: &Path) -> String {
+    let line = std::fs::read_to_string(pub_file).expect("read .pub");
+    GrantKey::parse(line.trim())
+        .expect("valid key")
+        .fingerprint()
+        .to_string()
+}
+
+fn grants_on(node: &str) -> NodeGrants {
+    let annotations = cluster().node_annotations(node);
+    NodeGrants::scan(
+        &AnnotationPrefix::default(),
+        annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+}
+
+fn prefixed(node: &str) -> BTreeMap<String, String> {
+    cluster()
+        .node_annotations(node)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(PREFIX))
+        .collect()
+}
+
+/// The reasons of the events recorded about `node`.
+fn event_reasons(node: &str) -> Vec<String> {
+    let json = cluster().kubectl_ok(&[
+        "get",
+        "events",
+        "--all-namespaces",
+        "--field-selector",
+        &format!("involvedObject.name={node},involvedObject.kind=Node"),
+        "-o",
+        "json",
+    ]);
+    let list: serde_json::Value = serde_json::from_str(&json).expect("events JSON");
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn grant_list_revoke_round_trip_with_audit_events() {
+    let cluster = cluster();
+    let node = "kc-round";
+    cluster.create_node(node);
+    let ws = Workstation::new("kc-round");
+    let key = ws.keygen("alice");
+    let alice = kubeconfig("alice");
+
+    let out = ws.keyctl(
+        &alice,
+        &[
+            "grant",
+            node,
+            "--expires",
+            "2h",
+            "--key",
+            key.to_str().unwrap(),
+            "--reason",
+            "disk full",
+        ],
+    );
+    let text = assert_ok(&out);
+    let fp = fingerprint(&key);
+    assert!(
+        text.contains(&format!("{node}: granted {fp} as root until ")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("ssh root@{node}")), "{text}");
+
+    let grants = grants_on(node);
+    assert!(grants.invalid.is_empty(), "{:?}", grants.invalid);
+    let [grant]: [Grant; 1] = grants.valid.try_into().expect("exactly one grant");
+    assert_eq!(grant.user.as_str(), "root");
+    assert_eq!(
+        grant.granted_by.as_str(),
+        "alice",
+        "granted-by is the caller's identity"
+    );
+    assert_eq!(grant.reason.as_ref().map(|r| r.as_str()), Some("disk full"));
+    let left = grant.expiry.instant().expect("not permanent") - chrono::Utc::now();
+    assert!(left > chrono::TimeDelta::minutes(118) && left <= chrono::TimeDelta::minutes(120));
+
+    // A viewer sees it, as JSON for scripts.
+    let out = ws.keyctl(&kubeconfig("victor"), &["list", node, "-o", "json"]);
+    let listing: serde_json::Value = serde_json::from_str(&assert_ok(&out)).expect("list JSON");
+    assert_eq!(listing["grants"].as_array().map(Vec::len), Some(1));
+    assert_eq!(listing["grants"][0]["fingerprint"], fp.as_str());
+    assert_eq!(listing["grants"][0]["expired"], false);
+    assert_eq!(listing["grants"][0]["granted_by"], "alice");
+    assert_eq!(listing["invalid"].as_array().map(Vec::len), Some(0));
+
+    let out = ws.keyctl(&kubeconfig("victor"), &["list", node, "-o", "yaml"]);
+    assert!(assert_ok(&out).contains(&format!("fingerprint: {fp}")));
+    let table = assert_ok(&ws.keyctl(&alice, &["list", node]));
+    assert!(
+        table.contains("FINGERPRINT") && table.contains(&fp) && table.contains("in 1h 59m"),
+        "{table}"
+    );
+
+    let out = ws.keyctl(&alice, &["revoke", node, "--fingerprint", &fp]);
+    assert!(assert_ok(&out).contains(&format!("{node}: removed {fp} for root")));
+    assert!(prefixed(node).is_empty(), "the grant annotation is gone");
+
+    let reasons = event_reasons(node);
+    assert!(reasons.iter().any(|r| r == "SSHKeyGranted"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "SSHKeyRevoked"), "{reasons:?}");
+}
+
+#[test]
+fn default_key_user_and_permanent_grants() {
+    let cluster = cluster();
+    let node = "kc-defaults";
+    cluster.create_node(node);
+    let ws = Workstation::new("kc-defaults");
+    let admin = cluster.admin_kubeconfig();
+
+    // No ~/.ssh/id_*.pub: a clear error, nothing written.
+    let out = ws.keyctl(admin, &["grant", node, "--expires", "1h"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no public key found in"),
+        "{}",
+        stderr(&out)
+    );
+
+    let older = ws.keygen("home/.ssh/id_rsa_old");
+    std::thread::sleep(Duration::from_millis(20));
+    let newest = ws.keygen("home/.ssh/id_ed25519");
+    std::fs::rename(&older, ws.scratch.join("home/.ssh/id_old.pub")).unwrap();
+    let filetime = std::fs::File::options().write(true).open(&newest).unwrap();
+    filetime.set_modified(std::time::SystemTime::now()).unwrap();
+
+    assert_ok(&ws.keyctl(
+        admin,
+        &["grant", node, "--expires", "30m", "--user", "core"],
+    ));
+    let grants = grants_on(node);
+    assert_eq!(grants.valid.len(), 1);
+    assert_eq!(grants.valid[0].user.as_str(), "core");
+    assert_eq!(
+        grants.valid[0].key.fingerprint().to_string(),
+        fingerprint(&newest)
+    );
+
+    // A permanent grant only when asked for explicitly; keys may come from standard input.
+    let piped = std::fs::read(ws.keygen("piped")).unwrap();
+    let out = ws.keyctl_with_stdin(admin, &["grant", node, "--key", "-"], Some(&piped));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--expires"), "{}", stderr(&out));
+    assert_ok(&ws.keyctl_with_stdin(
+        admin,
+        &["grant", node, "--key", "-", "--permanent"],
+        Some(&piped),
+    ));
+    let permanent = grants_on(node)
+        .valid
+        .into_iter()
+        .find(|g| g.user.as_str() == "root")
+        .expect("the piped key, as root");
+    assert_eq!(permanent.expiry, nodegate_core::Expiry::Permanent);
+
+    // Revoking by login user takes all of that user's grants, and only them.
+    assert_ok(&ws.keyctl(admin, &["revoke", node, "--user", "core"]));
+    let left = grants_on(node).valid;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].user.as_str(), "root");
+}
+
+#[test]
+fn refused_users_are_told_which_role_to_ask_for_and_nothing_changes() {
+    let cluster = cluster();
+    let node = "kc-refused";
+    cluster.create_node(node);
+    let ws = Workstation::new("kc-refused");
+    let key = ws.keygen("mallory");
+    let before = cluster.node_annotations(node);
+
+    let nobody = kubeconfig("mallory");
+    let out = ws.keyctl(
+        &nobody,
+        &[
+            "grant",
+            node,
+            "--expires",
+            "1h",
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("not allowed to read this node") || err.contains("mallory may not"),
+        "{err}"
+    );
+
+    // The viewer may read but not write: the access review refuses before any change.
+    let viewer = kubeconfig("victor");
+    let out = ws.keyctl(
+        &viewer,
+        &[
+            "grant",
+            node,
+            "--expires",
+            "1h",
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("victor may not patch nodes"), "{err}");
+    assert!(
+        err.contains("--clusterrole=nodegate-keyctl-granter --user=victor"),
+        "{err}"
+    );
+    let out = ws.keyctl(&viewer, &["revoke", node, "--all"]);
+    assert!(
+        stderr(&out).contains("victor may not patch nodes"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = ws.keyctl(&nobody, &["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("mallory may not list nodes") && err.contains("nodegate-keyctl-viewer"),
+        "{err}"
+    );
+
+    assert_eq!(cluster.node_annotations(node), before, "nothing changed");
+}
+
+#[test]
+fn a_granter_limited_to_named_nodes_is_refused_elsewhere_before_anything_changes() {
+    let cluster = cluster();
+    // The example role shipped in packaging/rbac/keyctl-granter.yaml names these nodes.
+    cluster.create_nodes(&["gpu-node-1".into(), "gpu-node-3".into()], &[]);
+    let ws = Workstation::new("kc-limited");
+    let carol = kubeconfig("carol");
+    let first = ws.keygen("first");
+    assert_ok(&ws.keyctl(
+        &carol,
+        &[
+            "grant",
+            "gpu-node-1",
+            "--expires",
+            "1h",
+            "--key",
+            first.to_str().unwrap(),
+        ],
+    ));
+
+    let second = ws.keygen("second");
+    let out = ws.keyctl(
+        &carol,
+        &[
+            "grant",
+            "gpu-node-1",
+            "gpu-node-3",
+            "--expires",
+            "1h",
+            "--key",
+            second.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("carol may not patch nodes gpu-node-3"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("gpu-node-1."),
+        "the allowed node is not named as refused: {err}"
+    );
+    assert_eq!(
+        grants_on("gpu-node-1").valid.len(),
+        1,
+        "no partial grant before the refusal"
+    );
+    assert!(grants_on("gpu-node-3").valid.is_empty());
+}
+
+#[test]
+fn fifty_concurrent_grants_of_different_keys_to_one_node_all_survive() {
+    let cluster = cluster();
+    let node = "kc-concurrent";
+    cluster.create_node(node);
+    let ws = Workstation::new("kc-concurrent");
+    let alice = kubeconfig("alice");
+    let keys: Vec<PathBuf> = (0..50).map(|i| ws.keygen(&format!("k{i}"))).collect();
+
+    let children: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            Command::new(workspace_bin("keyctl"))
+                .arg("--kubeconfig")
+                .arg(&alice)
+                .args(["grant", node, "--expires", "1h", "--key"])
+                .arg(key)
+                .env("HOME", ws.scratch.join("home"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn keyctl")
+        })
+        .collect();
+    for child in children {
+        assert_ok(&child.wait_with_output().expect("wait keyctl"));
+    }
+    let grants = grants_on(node);
+    assert_eq!(grants.valid.len(), 50, "every concurrent grant survived");
+    let mut expected: Vec<String> = keys.iter().map(|k| fingerprint(k)).collect();
+    let mut found: Vec<String> = grants
+        .valid
+        .iter()
+        .map(|g| g.key.fingerprint().to_string())
+        .collect();
+    expected.sort();
+    found.sort();
+    assert_eq!(found, expected);
+}
+
+#[test]
+fn a_selector_grant_and_revoke_across_hundreds_of_nodes() {
+    let cluster = cluster();
+    let names: Vec<String> = (0..300).map(|i| format!("kc-fleet-{i:03}")).collect();
+    cluster.create_nodes(&names, &[("pool", "kc-fleet")]);
+    cluster.create_node("kc-fleet-outsider");
+    let ws = Workstation::new("kc-fleet");
+    let key = ws.keygen("fleet");
+    let alice = kubeconfig("alice");
+
+    let out = ws.keyctl(
+        &alice,
+        &[
+            "grant",
+            "-l",
+            "pool=kc-fleet",
+            "--expires",
+            "1h",
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let text = assert_ok(&out);
+    assert!(text.contains("and likewise on the other nodes"), "{text}");
+
+    let listing = assert_ok(&ws.keyctl(&alice, &["list", "-l", "pool=kc-fleet", "-o", "json"]));
+    let listing: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    let nodes: std::collections::BTreeSet<&str> = listing["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes.len(), 300, "one grant on each selected node");
+    assert!(
+        prefixed("kc-fleet-outsider").is_empty(),
+        "unselected nodes are untouched"
+    );
+
+    assert_ok(&ws.keyctl(
+        &alice,
+        &[
+            "revoke",
+            "-l",
+            "pool=kc-fleet",
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    ));
+    for name in [&names[0], &names[150], &names[299]] {
+        assert!(prefixed(name).is_empty(), "{name} still has a grant");
+    }
+    let out = ws.keyctl(
+        &alice,
+        &[
+            "grant",
+            "-l",
+            "pool=nothing-here",
+            "--expires",
+            "1h",
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stderr(&out).contains("no node matches the selector \"pool=nothing-here\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn hostile_annotation_values_are_reported_by_list_and_never_trusted() {
+    let cluster = cluster();
+    let node = "kc-hostile";
+    cluster.create_node(node);
+    let ws = Workstation::new("kc-hostile");
+    let key = ws.keygen("good");
+    let admin = cluster.admin_kubeconfig();
+    assert_ok(&ws.keyctl(
+        admin,
+        &[
+            "grant",
+            node,
+            "--expires",
+            "1h",
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    ));
+    let good = grants_on(node).valid.remove(0);
+    let good_name = good.annotation_name();
+    let good_value = good.annotation_value();
+    let key_text = good.key.to_openssh_without_comment();
+
+    let hostile: Vec<(String, String)> = vec![
+        (
+            "g.root.0000000000000001".into(),
+            format!("command=\"/bin/sh\",{good_value}"),
+        ),
+        (
+            "g.root.0000000000000002".into(),
+            format!(
+                "login=\"root\",expiry-time=\"20991231000000Z\",granted-by=\"x\",granted-at=\"20260101000000Z\" {key_text}\nssh-ed25519 AAAA injected"
+            ),
+        ),
+        (
+            "g.root.0000000000000003".into(),
+            "login=\"root\" ssh-ed25519 !!!not-base64!!!".into(),
+        ),
+        ("g.root.0000000000000004".into(), "x".repeat(100_000)),
+        (
+            "g.root.0000000000000005".into(),
+            "{\"login\": \"root\", \"key\": 5}".into(),
+        ),
+        (
+            "g.root.0000000000000006".into(),
+            format!("{}\u{1b}[2J", good_value),
+        ),
+        (
+            "g.root.0000000000000007".into(),
+            good_value.replace("\"alice", "\u{202e}\"alice"),
+        ),
+        (format!("{}x", good_name), good_value.clone()),
+        ("g.evil\u{1b}name".into(), good_value.clone()),
+        (
+            "g.daemon.0000000000000008".into(),
+            good_value.replace("login=\"root\"", "login=\"daemon\""),
+        ),
+        ("g.root.0000000000000009".into(), String::new()),
+    ];
+    for (name, value) in &hostile {
+        // Some names are not valid annotation keys at all; the API server refuses those itself.
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {format!("{PREFIX}/{name}"): value}}});
+        let _ = cluster.kubectl(&[
+            "patch",
+            "node",
+            node,
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ]);
+    }
+    let planted = prefixed(node).len() - 1;
+    assert!(planted >= 8, "most hostile values were stored ({planted})");
+
+    let out = ws.keyctl(admin, &["list", node, "-o", "json"]);
+    let listing: serde_json::Value =
+        serde_json::from_str(&assert_ok(&out)).expect("JSON despite hostile input");
+    let grants = listing["grants"].as_array().unwrap();
+    assert_eq!(
+        grants.len(),
+        1,
+        "only the real grant is a grant: {grants:?}"
+    );
+    assert_eq!(grants[0]["annotation"], format!("{PREFIX}/{good_name}"));
+    assert_eq!(listing["invalid"].as_array().unwrap().len(), planted);
+
+    let out = ws.keyctl(admin, &["list", node]);
+    let (table, warnings) = (assert_ok(&out), stderr(&out));
+    assert_eq!(
+        warnings.matches("is not a valid grant").count(),
+        planted,
+        "{warnings}"
+    );
+    for text in [&table, &warnings] {
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+            "terminal control reached the output: {text:?}"
+        );
+    }
+
+    let out = ws.keyctl(admin, &["prune", node, "--invalid"]);
+    assert_ok(&out);
+    let left = prefixed(node);
+    assert_eq!(
+        left.keys().collect::<Vec<_>>(),
+        vec![&format!("{PREFIX}/{good_name}")]
+    );
+}
+
+#[test]
+fn prune_removes_expired_grants_only_and_says_so() {
+    let cluster = cluster();
+    let node = "kc-prune";
+    cluster.create_node(node);
+    let ws = Workstation::new("kc-prune");
+    let admin = cluster.admin_kubeconfig();
+    let short = ws.keygen("short");
+    let long = ws.keygen("long");
+    assert_ok(&ws.keyctl(
+        admin,
+        &[
+            "grant",
+            node,
+            "--expires",
+            "2s",
+            "--key",
+            short.to_str().unwrap(),
+        ],
+    ));
+    assert_ok(&ws.keyctl(
+        admin,
+        &[
+            "grant",
+            node,
+            "--expires",
+            "2h",
+            "--key",
+            long.to_str().unwrap(),
+        ],
+    ));
+    std::thread::sleep(Duration::from_secs(3));
+
+    let table = ws.keyctl(admin, &["list", node]);
+    assert!(assert_ok(&table).contains("expired"), "{}", stdout(&table));
+    let dry = ws.keyctl(admin, &["prune", node, "--dry-run"]);
+    assert!(assert_ok(&dry).contains("would remove"), "{}", stdout(&dry));
+    assert_eq!(grants_on(node).valid.len(), 2, "a dry run changes nothing");
+
+    let out = ws.keyctl(admin, &["prune", node]);
+    assert!(
+        assert_ok(&out).contains(&format!("removed {}", fingerprint(&short))),
+        "{}",
+        stdout(&out)
+    );
+    let left = grants_on(node).valid;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].key.fingerprint().to_string(), fingerprint(&long));
+    assert!(event_reasons(node).iter().any(|r| r == "SSHKeyExpired"));
+
+    let out = ws.keyctl(admin, &["prune", node]);
+    assert!(assert_ok(&out).contains("Nothing to prune"));
+}
+
+#[test]
+fn dry_runs_check_with_the_server_and_change_nothing() {
+    let cluster = cluster();
+    let node = "kc-dry";
+    cluster.create_node(node);
+    let ws = Workstation::new("kc-dry");
+    let key = ws.keygen("dry");
+    let out = ws.keyctl(
+        &kubeconfig("alice"),
+        &[
+            "grant",
+            node,
+            "--expires",
+            "1h",
+            "--key",
+            key.to_str().unwrap(),
+            "--dry-run",
+        ],
+    );
+    assert!(assert_ok(&out).contains("would grant"));
+    assert!(prefixed(node).is_empty());
+    assert!(!event_reasons(node).iter().any(|r| r == "SSHKeyGranted"));
+}
+
+#[test]
+fn a_full_node_is_a_clear_error() {
+    let cluster = cluster();
+    let node = "kc-full";
+    cluster.create_node(node);
+    // Fill the annotation budget with somebody else's data, just under the limit.
+    let ws = Workstation::new("kc-full");
+    let filler = "f".repeat(256 * 1024 - "example.com/filler".len() - 200);
+    let patch = serde_json::json!({"metadata": {"annotations": {"example.com/filler": filler}}});
+    let patch_file = ws.scratch.write("filler.json", patch.to_string());
+    cluster.kubectl_ok(&[
+        "patch",
+        "node",
+        node,
+        "--type=merge",
+        "--patch-file",
+        patch_file.to_str().unwrap(),
+    ]);
+    let key = ws.keygen("full");
+    let out = ws.keyctl(
+        cluster.admin_kubeconfig(),
+        &[
+            "grant",
+            node,
+            "--expires",
+            "1h",
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("over Kubernetes' limit of 262144") && err.contains("keyctl prune kc-full"),
+        "{err}"
+    );
+    assert!(prefixed(node).is_empty());
+}
+
+#[test]
+fn bad_input_is_explained_before_anything_is_sent() {
+    let cluster = cluster();
+    let ws = Workstation::new("kc-bad");
+    let admin = cluster.admin_kubeconfig();
+    let key = ws.keygen("k");
+    let key = key.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["grant", "n", "--expires", "soon", "--key", key],
+            "cannot read \"soon\" as an expiry",
+        ),
+        (
+            &[
+                "grant",
+                "n",
+                "--expires",
+                "2020-01-01T00:00:00Z",
+                "--key",
+                key,
+            ],
+            "is not in the future",
+        ),
+        (
+            &[
+                "grant",
+                "n",
+                "--expires",
+                "1h",
+                "--key",
+                key,
+                "--user",
+                "bad user",
+            ],
+            "--user",
+        ),
+        (
+            &["grant", "n", "--expires", "1h", "--key", "/nonexistent.pub"],
+            "cannot read the key file /nonexistent.pub",
+        ),
+        (
+            &["grant", "--expires", "1h", "--key", key],
+            "name the nodes, or select them with -l SELECTOR",
+        ),
+        (
+            &["revoke", "n", "--fingerprint", "SHA256:nope"],
+            "is not a SHA-256 key fingerprint",
+        ),
+        (
+            &["grant", "n", "--expires", "1h", "--permanent"],
+            "cannot be used with",
+        ),
+        (&["list", "--prefix", "Not_A_Domain"], "Not_A_Domain"),
+    ];
+    for (args, expected) in cases {
+        let out = ws.keyctl(admin, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let private = ws.scratch.join("k");
+    let out = ws.keyctl(
+        admin,
+        &[
+            "grant",
+            "n",
+            "--expires",
+            "1h",
+            "--key",
+            private.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stderr(&out).contains("is a private key"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn named_nodes_that_do_not_exist_fail_alone() {
+    let cluster = cluster();
+    cluster.create_node("kc-exists");
+    let ws = Workstation::new("kc-missing");
+    let key = ws.keygen("k");
+    let out = ws.keyctl(
+        cluster.admin_kubeconfig(),
+        &[
+            "grant",
+            "kc-exists",
+            "kc-does-not-exist",
+            "--expires",
+            "1h",
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "partial failure is a failure");
+    assert!(stdout(&out).contains("kc-exists: granted"));
+    let err = stderr(&out);
+    assert!(
+        err.contains("node kc-does-not-exist: no such node") && err.contains("1 of 2 nodes failed"),
+        "{err}"
+    );
+    assert_eq!(grants_on("kc-exists").valid.len(), 1);
+}
+
+#[test]
+fn the_janitor_removes_grants_as_they_expire() {
+    let cluster = cluster();
+    let node = "kc-janitor";
+    cluster.create_node(node);
+    let ws = Workstation::new("kc-janitor");
+    let admin = cluster.admin_kubeconfig();
+    let key = ws.keygen("j");
+    let keep = ws.keygen("keep");
+    assert_ok(&ws.keyctl(
+        admin,
+        &[
+            "grant",
+            node,
+            "--expires",
+            "1h",
+            "--key",
+            keep.to_str().unwrap(),
+        ],
+    ));
+
+    let mut janitor = ws.scratch.spawn(
+        "janitor",
+        Command::new(workspace_bin("keyctl"))
+            .arg("--kubeconfig")
+            .arg(admin)
+            .args(["janitor", "--interval", "1s"]),
+    );
+    assert_ok(&ws.keyctl(
+        admin,
+        &[
+            "grant",
+            node,
+            "--expires",
+            "3s",
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(grants_on(node).valid.len(), 2);
+    let removed = wait_until(Duration::from_secs(20), || grants_on(node).valid.len() == 1);
+    assert!(removed, "janitor log:\n{}", janitor.log_tail(30));
+    assert_eq!(
+        grants_on(node).valid[0].key.fingerprint().to_string(),
+        fingerprint(&keep)
+    );
+    assert!(janitor.is_running());
+    assert!(
+        janitor.log().contains("removed expired grant"),
+        "{}",
+        janitor.log()
+    );
+    ws.scratch.stop(&mut janitor, Duration::from_secs(5));
+}
