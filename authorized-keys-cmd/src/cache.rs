@@ -212,16 +212,59 @@ impl Cache {
             .map_err(|e| self.sqlite(e))?;
         Ok(())
     }
+}
 
-    /// SQLite's `quick_check`: `Ok(())` or the problems it lists.
-    pub fn quick_check(&self) -> Result<(), String> {
-        let result: Result<String, _> = self.conn.query_row("PRAGMA quick_check", [], |r| r.get(0));
-        match result {
-            Ok(text) if text == "ok" => Ok(()),
-            Ok(text) => Err(text),
-            Err(e) => Err(e.to_string()),
+/// What `check` learns about a cache file without changing it (it may run as another user than
+/// sshd's, and must not create or take over the file).
+pub fn inspect(path: &Path) -> Result<String, String> {
+    if !path.exists() {
+        return Ok("does not exist yet (created on the first login)".into());
+    }
+    perms::check_trusted_file(path).map_err(|e| e.to_string())?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| e.to_string())?;
+    match verdict(&conn).map_err(|e| e.to_string())? {
+        Verdict::Ours => {}
+        Verdict::Empty => return Ok("is empty (initialised on the next login)".into()),
+        Verdict::Foreign(why) => {
+            return Err(format!(
+                "is {why}; the next login moves it aside and starts a new one"
+            ));
         }
     }
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if check != "ok" {
+        return Err(format!("fails SQLite's quick_check: {check}"));
+    }
+    let rows: Vec<(String, String, i64)> = conn
+        .prepare("SELECT node, prefix, fetched_at_ms FROM node_grants ORDER BY node")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .map_err(|e| e.to_string())?;
+    let owner = fs::metadata(path).map(|m| m.uid()).unwrap_or(u32::MAX);
+    let entries: Vec<String> = rows
+        .iter()
+        .map(|(node, prefix, ms)| {
+            let at = DateTime::from_timestamp_millis(*ms)
+                .map_or_else(|| "an invalid time".into(), |t| t.to_rfc3339());
+            format!("Node {node} ({prefix}) read at {at}")
+        })
+        .collect();
+    Ok(format!(
+        "is healthy, owned by uid {owner}; {}",
+        if entries.is_empty() {
+            "no entries yet".to_owned()
+        } else {
+            entries.join("; ")
+        }
+    ))
 }
 
 fn validate_row(text: &str, fetched_at_ms: i64, now: DateTime<Utc>) -> Option<CachedNode> {

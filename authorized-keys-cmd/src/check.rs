@@ -9,7 +9,6 @@ use chrono::Utc;
 use nodegate_core::NodeGrants;
 
 use crate::api;
-use crate::cache::Cache;
 use crate::config::{DEFAULT_CONFIG_PATH, Settings, locate_kubeconfig};
 use crate::perms;
 use crate::serve::{load_credentials, node_name};
@@ -149,15 +148,23 @@ fn check_sshd(report: &mut Report, sshd: &SshdLocation) {
     let out = match out {
         Ok(out) if out.status.success() => out,
         Ok(out) => {
-            report.problem(
-                format!(
-                    "`{} -T -f {}` failed: {}",
-                    sshd.binary.display(),
-                    sshd.config.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-                "fix the sshd configuration (run check as root: sshd -T needs the host keys)",
+            let what = format!(
+                "`{} -T -f {}` failed: {}",
+                sshd.binary.display(),
+                sshd.config.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
             );
+            if perms::effective_uid() == 0 {
+                report.problem(
+                    what,
+                    "fix the sshd configuration (sshd -t shows the errors)",
+                );
+            } else {
+                report.warn(
+                    what,
+                    "sshd -T needs root to read the host keys: run check as root as well to check sshd",
+                );
+            }
             return;
         }
         Err(e) => {
@@ -350,28 +357,14 @@ fn check_api(report: &mut Report, settings: &Settings) {
 
 fn check_cache(report: &mut Report, settings: &Settings) {
     let path: &Path = &settings.cache;
-    match Cache::open(path, Duration::from_secs(2)) {
+    match crate::cache::inspect(path) {
+        Ok(state) => report.ok(format!("cache {} {state}", path.display())),
         Err(e) => report.problem(
-            format!("cache: {e}"),
+            format!("cache {}: {e}", path.display()),
             format!(
-                "create {} owned by the command's user, mode 0700, or set cache",
+                "make {} owned by the command's user (nodegate), mode 0700, or remove the cache file; it is rebuilt from the API",
                 perms::parent_dir(path).display()
             ),
         ),
-        Ok((cache, notes)) => {
-            if let Some(replaced) = notes.replaced {
-                report.warn(
-                    format!("cache: {replaced}"),
-                    "nothing: it is rebuilt from the API",
-                );
-            }
-            match cache.quick_check() {
-                Ok(()) => report.ok(format!("cache {} is healthy", path.display())),
-                Err(e) => report.problem(
-                    format!("cache {} fails SQLite's quick_check: {e}", path.display()),
-                    format!("remove {} ; it is rebuilt from the API", path.display()),
-                ),
-            }
-        }
     }
 }

@@ -714,6 +714,7 @@ fn check_diagnoses_the_node_with_fixes() {
         Some("command=\"sh\" ssh-ed25519 AAAA"),
     );
     let sshd = node.sshd();
+    assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
     let sshd_config = sshd.config.display().to_string();
     let out = command(&node.config, &["--sshd-config", &sshd_config, "check"])
         .output()
@@ -734,6 +735,10 @@ fn check_diagnoses_the_node_with_fixes() {
         "{report}"
     );
     assert!(report.contains("is healthy"), "{report}");
+    assert!(
+        report.contains("Node akc-check (ssh.nodegate.dev) read at"),
+        "{report}"
+    );
 
     // Expired certificate and an sshd config whose command lives under /tmp.
     node.set_config(&cluster.node_kubeconfig("akc-check", Validity::Expired), "");
