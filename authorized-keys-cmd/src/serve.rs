@@ -13,6 +13,12 @@ use crate::config::{NodeName, Settings, locate_kubeconfig};
 use crate::diag::Diagnostics;
 use crate::kubeconfig::{KubeconfigError, NodeCredentials};
 
+/// How long a cached answer without any key for the request is served without asking the API
+/// (when shorter than the freshness window). Short, so that a login right after a grant works
+/// (`keyctl grant` then `ssh`), yet a flood of unknown keys offered before authentication costs
+/// at most a few API reads per second.
+pub const MISS_FRESHNESS: Duration = Duration::from_millis(250);
+
 /// Where the grants that were served came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -161,20 +167,24 @@ pub fn lookup(
             source,
         }
     };
-    let fresh = |cache: &Cache, node: &NodeName| -> Option<CachedNode> {
-        let row = cache.load(node, &settings.prefix, now).ok()??;
-        (row.age(now) < settings.freshness).then_some(row)
+    // Within the freshness window the API is not asked: sshd may call several times per login.
+    // A cached "yes" is trusted for the whole window (so revocation takes effect within it); a
+    // cached "no" only for MISS_FRESHNESS, so that a key granted a moment ago logs in at once,
+    // while a flood of unknown keys still costs at most one API read per MISS_FRESHNESS.
+    let fresh = |cache: &Cache, node: &NodeName, log: &mut Diagnostics| -> Option<Answer> {
+        let row: CachedNode = cache.load(node, &settings.prefix, now).ok()??;
+        let age = row.age(now);
+        if age >= settings.freshness {
+            return None;
+        }
+        let cached = answer(&row.annotations, Source::FreshCache { age }, log);
+        (!cached.lines.is_empty() || age < MISS_FRESHNESS).then_some(cached)
     };
 
-    // Within the freshness window the API is not asked: sshd may call several times per login.
     if let (Some(cache), Some(node)) = (&cache, &settings.node_name)
-        && let Some(row) = fresh(cache, node)
+        && let Some(cached) = fresh(cache, node, log)
     {
-        return Ok(answer(
-            &row.annotations,
-            Source::FreshCache { age: row.age(now) },
-            log,
-        ));
+        return Ok(cached);
     }
 
     let credentials = load_credentials(settings);
@@ -192,13 +202,9 @@ pub fn lookup(
     };
     if settings.node_name.is_none()
         && let Some(cache) = &cache
-        && let Some(row) = fresh(cache, &node)
+        && let Some(cached) = fresh(cache, &node, log)
     {
-        return Ok(answer(
-            &row.annotations,
-            Source::FreshCache { age: row.age(now) },
-            log,
-        ));
+        return Ok(cached);
     }
 
     let api_result = credentials.map_err(|e| e.to_string()).and_then(|creds| {
