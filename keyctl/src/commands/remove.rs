@@ -330,3 +330,165 @@ mod tests {
         assert!(validate_fingerprint("MD5:aa:bb").is_err());
     }
 }
+
+/// Request shapes against a mock API server (the behaviour against a real one is covered by
+/// `tests/tests/keyctl.rs`): the exact method, URI, content type and JSON patch body.
+#[cfg(test)]
+mod mock_api_tests {
+    use super::*;
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+
+    const PREFIX: &str = "ssh.nodegate.dev";
+    const KEY_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti a";
+    const KEY_B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPPLKb7VM2nRpmoEKHALNl6YDSdztwfKejcOzc0ge2b7 b";
+
+    fn grant(key: &str, expiry: &str) -> Grant {
+        let value = format!(
+            "login=\"root\",expiry-time=\"{expiry}\",granted-by=\"alice\",granted-at=\"20261101000000Z\" {key}"
+        );
+        let name = Grant::annotation_name_for(
+            &LoginUser::new("root").unwrap(),
+            &GrantKey::parse(key).unwrap(),
+        );
+        Grant::from_annotation(&name, &value).unwrap()
+    }
+
+    fn node(annotations: &[(String, String)]) -> NodeMeta {
+        let annotations: serde_json::Map<String, Value> = annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
+        serde_json::from_value(json!({
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadata",
+            "metadata": { "name": "n1", "annotations": annotations },
+        }))
+        .unwrap()
+    }
+
+    fn entry(grant: &Grant) -> (String, String) {
+        (
+            grant.annotation_key(&AnnotationPrefix::default()),
+            grant.annotation_value(),
+        )
+    }
+
+    fn respond(status: StatusCode, body: &Value) -> Response<Body> {
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap()
+    }
+
+    fn mock_api() -> (
+        Api<Node>,
+        tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    ) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (Api::all(kube::Client::new(service, "default")), handle)
+    }
+
+    fn expired_only() -> ExpiredChoice {
+        ExpiredChoice {
+            now: "2026-11-22T12:00:00Z".parse().unwrap(),
+            invalid: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn removal_tests_the_exact_value_then_removes_only_that_annotation() {
+        let expired = grant(KEY_A, "20261122100000Z");
+        let valid = grant(KEY_B, "20261122180000Z");
+        let node = node(&[
+            entry(&expired),
+            entry(&valid),
+            (format!("{PREFIX}/g.root.broken"), "not a grant".into()),
+            ("unrelated.example/x".into(), "y".into()),
+        ]);
+        let (api, mut handle) = mock_api();
+        let (expired_key, expired_value) = entry(&expired);
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.expect("a request");
+            assert_eq!(request.method(), Method::PATCH);
+            assert_eq!(request.uri().path(), "/api/v1/nodes/n1");
+            assert_eq!(
+                request.headers()["content-type"],
+                "application/json-patch+json"
+            );
+            let body: Value =
+                serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap())
+                    .unwrap();
+            let pointer = format!("/metadata/annotations/{}", expired_key.replace('/', "~1"));
+            assert_eq!(
+                body,
+                json!([
+                    { "op": "test", "path": pointer, "value": expired_value },
+                    { "op": "remove", "path": pointer },
+                ])
+            );
+            send.send_response(respond(
+                StatusCode::OK,
+                &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                        "metadata": {"name": "n1"}}),
+            ));
+        });
+        let prefix = AnnotationPrefix::default();
+        let removed = remove_from_node(&api, node, &prefix, &expired_only(), false, None)
+            .await
+            .unwrap();
+        server.await.unwrap();
+        assert_eq!(removed.len(), 1);
+        assert!(matches!(&removed[0], Removed::Grant(g) if **g == expired));
+    }
+
+    #[tokio::test]
+    async fn a_grant_changed_in_between_is_read_again_and_not_removed() {
+        let expired = grant(KEY_A, "20261122100000Z");
+        // Someone re-granted the same key (same annotation) after keyctl read the node.
+        let regranted = grant(KEY_A, "20261122200000Z");
+        let (api, mut handle) = mock_api();
+        let fresh_node = json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": { "name": "n1", "annotations": {
+                entry(&regranted).0: entry(&regranted).1 } },
+        });
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.expect("the patch");
+            assert_eq!(request.method(), Method::PATCH);
+            send.send_response(respond(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "the server rejected our request", "reason": "Invalid",
+                        "code": 422}),
+            ));
+            let (request, send) = handle.next_request().await.expect("a fresh read");
+            assert_eq!(request.method(), Method::GET);
+            assert_eq!(request.uri().path(), "/api/v1/nodes/n1");
+            let accept = request.headers()["accept"].to_str().unwrap().to_owned();
+            assert!(accept.contains("as=PartialObjectMetadata"), "{accept}");
+            send.send_response(respond(StatusCode::OK, &fresh_node));
+            // No further request: the re-granted key is not expired, nothing is left to remove.
+            handle
+        });
+        let prefix = AnnotationPrefix::default();
+        let removed = remove_from_node(
+            &api,
+            node(&[entry(&expired)]),
+            &prefix,
+            &expired_only(),
+            false,
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(removed.is_empty());
+        drop(api);
+        let mut handle = server.await.unwrap();
+        assert!(handle.next_request().await.is_none(), "no second patch");
+    }
+}
