@@ -301,8 +301,17 @@ fn export_node_kubeconfig_embeds_the_kubelet_credentials() {
 
 // ---- The installed package (run by packaging/test-packages) ----
 
-const INSTALLED_COMMAND: &str = "/usr/libexec/nodegate/authorized-keys-cmd";
-const INSTALLED_EXPORT: &str = "/usr/libexec/nodegate/export-node-kubeconfig";
+/// Where the package (or `install.sh --prefix P`: `P/libexec/nodegate`) put the commands;
+/// packaging/test-packages says so in `NODEGATE_TEST_LIBEXEC` for installs under another prefix.
+fn installed_libexec() -> PathBuf {
+    std::env::var_os("NODEGATE_TEST_LIBEXEC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/libexec/nodegate"))
+}
+
+fn installed_command() -> PathBuf {
+    installed_libexec().join("authorized-keys-cmd")
+}
 
 fn ssh_login(scratch: &Scratch, port: u16, key: &Path) -> Output {
     Command::new("ssh")
@@ -338,7 +347,8 @@ fn logged_in(out: &Output) -> bool {
 
 fn as_nodegate(args: &[&str]) -> Output {
     Command::new("runuser")
-        .args(["-u", "nodegate", "--", INSTALLED_COMMAND])
+        .args(["-u", "nodegate", "--"])
+        .arg(installed_command())
         .args(args)
         .output()
         .expect("run runuser")
@@ -347,13 +357,22 @@ fn as_nodegate(args: &[&str]) -> Output {
 #[test]
 #[ignore = "needs the nodegate-node package (or install.sh) installed on this machine: run packaging/test-packages"]
 fn ssh_login_through_the_installed_package() {
+    let command = installed_command();
     assert!(
-        Path::new(INSTALLED_COMMAND).is_file(),
-        "{INSTALLED_COMMAND} is not installed: run packaging/test-packages"
+        command.is_file(),
+        "{} is not installed: run packaging/test-packages",
+        command.display()
     );
     let dropin = fs::read_to_string("/etc/ssh/sshd_config.d/50-nodegate.conf")
         .expect("the package installed the sshd drop-in");
-    assert!(dropin.contains(&format!("AuthorizedKeysCommand {OUR_COMMAND}")));
+    assert!(
+        dropin.contains(&format!(
+            "AuthorizedKeysCommand {} %u %f",
+            command.display()
+        )),
+        "the drop-in does not run {}:\n{dropin}",
+        command.display()
+    );
 
     let cluster = Cluster::start();
     let node = "packaged-node";
@@ -361,7 +380,7 @@ fn ssh_login_through_the_installed_package() {
 
     // What nodegate-node-credentials.service does when the kubelet's credentials change.
     let kubelet = cluster.node_kubeconfig(node, Validity::Current);
-    let out = Command::new(INSTALLED_EXPORT)
+    let out = Command::new(installed_libexec().join("export-node-kubeconfig"))
         .arg(&kubelet)
         .output()
         .unwrap();
