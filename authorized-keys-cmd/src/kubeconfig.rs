@@ -139,6 +139,8 @@ struct RawUser {
     client_key: Option<PathBuf>,
     client_key_data: Option<String>,
     token: Option<String>,
+    // The one camelCase key of a kubeconfig user (client-go's `tokenFile`).
+    #[serde(rename = "tokenFile")]
     token_file: Option<PathBuf>,
     exec: Option<serde::de::IgnoredAny>,
     auth_provider: Option<serde::de::IgnoredAny>,
@@ -361,7 +363,7 @@ impl NodeCredentials {
                     ClientAuth::Token(token.trim().to_owned())
                 } else if let Some(file) = &user.token_file {
                     let token = String::from_utf8(read_limited(&resolve(file))?).map_err(|_| {
-                        incomplete(format!("token-file {} is not UTF-8", file.display()))
+                        incomplete(format!("tokenFile {} is not UTF-8", file.display()))
                     })?;
                     ClientAuth::Token(token.trim().to_owned())
                 } else if user.exec.is_some() || user.auth_provider.is_some() {
@@ -417,4 +419,32 @@ pub fn cert_identity(pem: &[u8]) -> Result<CertIdentity, KubeconfigError> {
         not_before: time(cert.validity().not_before)?,
         not_after: time(cert.validity().not_after)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_token_file_by_its_kubeconfig_name() {
+        let dir = std::env::temp_dir().join(format!("akc-kubeconfig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("token"), "secret-token\n").unwrap();
+        std::fs::write(dir.join("ca.crt"), "not checked until a request is made").unwrap();
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443', certificate-authority: ca.crt}}]\n\
+             users: [{name: u, user: {tokenFile: token}}]\n\
+             contexts: [{name: c, context: {cluster: k, user: u}}]\n",
+        )
+        .unwrap();
+        let loaded = NodeCredentials::load(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        match loaded.unwrap().client {
+            ClientAuth::Token(token) => assert_eq!(token, "secret-token"),
+            other => panic!("expected a token, got {other:?}"),
+        }
+    }
 }
