@@ -18,7 +18,6 @@ use nodegate_core::client::ClientOptions;
     name = "node-exec",
     version,
     verbatim_doc_comment,
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
 pub struct Cli {
@@ -26,7 +25,8 @@ pub struct Cli {
     /// What to do besides opening a session.
     pub command: Option<Subcommand>,
 
-    /// The node for a host shell (`NODE` or `node/NODE`), or the pod to enter (`pod/NAME`).
+    /// The node for a host shell (`NODE` or `node/NODE`; a node named like a subcommand, e.g.
+    /// `gc`, only as `node/NODE`), or the pod to enter (`pod/NAME`).
     #[arg(value_name = "NODE|pod/NAME", required = true)]
     pub target: Option<String>,
 
@@ -154,4 +154,42 @@ pub struct GcArgs {
     /// Delete every helper pod, including live sessions.
     #[arg(long)]
     pub all: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn gc_is_a_subcommand_even_after_global_flags() {
+        let cli = Cli::try_parse_from([
+            "node-exec",
+            "--kubeconfig",
+            "k",
+            "--image",
+            "i",
+            "gc",
+            "--dry-run",
+        ])
+        .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Subcommand::Gc(GcArgs { dry_run: true, .. }))
+        ));
+        assert_eq!(cli.target, None);
+    }
+
+    #[test]
+    fn a_session_takes_a_target_and_a_command() {
+        let cli = Cli::try_parse_from(["node-exec", "--image", "i", "node1", "--", "id", "-u"])
+            .expect("parses");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.target.as_deref(), Some("node1"));
+        assert_eq!(cli.remote_command, ["id", "-u"]);
+        // A node named like a subcommand is reached as node/NAME.
+        let cli = Cli::try_parse_from(["node-exec", "node/gc"]).expect("parses");
+        assert_eq!(cli.target.as_deref(), Some("node/gc"));
+        assert!(Cli::try_parse_from(["node-exec"]).is_err());
+    }
 }

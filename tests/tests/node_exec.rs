@@ -1,0 +1,692 @@
+//! node-exec against a real kubelet with containerd: host shell on a stand-in host, containers
+//! entered as chosen users, stdin, exit codes, refusals, interrupted sessions and gc.
+//!
+//! Build the binary first: `cargo build -p node-exec`, then
+//! `cargo test -p nodegate-testkit --test node_exec`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use nodegate_testkit::kubelet::{InNode, Kubelet};
+use nodegate_testkit::process::wait_until;
+use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
+
+/// The group the shipped RBAC manifest binds.
+const OPERATORS: &str = "nodegate-node-exec-operators";
+/// The namespace of the pods to enter.
+const APPS: &str = "shop";
+/// The pod to enter.
+const TARGET_POD: &str = "web";
+const STAND_IN_HOSTNAME: &str = "test-host";
+
+struct Env {
+    cluster: &'static Cluster,
+    kubelet: &'static Kubelet,
+    host: InNode,
+    home: PathBuf,
+}
+
+/// The shared setup; if it fails, every test fails at once with the first failure's message
+/// (instead of each retrying a setup that takes minutes to time out).
+fn env() -> &'static Env {
+    static ENV: OnceLock<Result<Env, String>> = OnceLock::new();
+    let setup = ENV.get_or_init(|| {
+        std::panic::catch_unwind(set_up).map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "unknown panic".to_owned())
+        })
+    });
+    match setup {
+        Ok(env) => env,
+        Err(message) => panic!("the test setup failed: {message}"),
+    }
+}
+
+fn set_up() -> Env {
+    {
+        let cluster = Cluster::shared();
+        let kubelet = Kubelet::shared(cluster);
+        let root = workspace_root();
+        for manifest in [
+            "packaging/node-exec-namespace.yaml",
+            "packaging/rbac/node-exec-operator.yaml",
+        ] {
+            let text = std::fs::read_to_string(root.join(manifest)).expect("read manifest");
+            cluster.apply(&text);
+        }
+        // Operators may exec into pods of the app namespace; viewers may only look at them.
+        cluster.apply(&format!(
+            r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {APPS}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: exec, namespace: {APPS}}}
+rules:
+- {{apiGroups: [""], resources: [pods], verbs: [get, list]}}
+- {{apiGroups: [""], resources: [pods/exec], verbs: [create]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: exec, namespace: {APPS}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: exec}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: {OPERATORS}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: view, namespace: {APPS}}}
+rules:
+- {{apiGroups: [""], resources: [pods], verbs: [get, list]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: view, namespace: {APPS}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: view}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: viewers}}]
+---
+# Viewers may make helper pods, so that only the exec check on the target pod refuses them.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: viewers-helper-pods, namespace: nodegate-system}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: nodegate-node-exec-helper-pods}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: viewers}}]
+"#
+        ));
+        wait_for_service_account(cluster, APPS);
+        wait_for_service_account(cluster, "nodegate-system");
+        cluster.apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {TARGET_POD}, namespace: {APPS}}}
+spec:
+  nodeName: {node}
+  hostNetwork: true
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: app
+    image: {image}
+    imagePullPolicy: Never
+    command: [sleep, "3600"]
+    env: [{{name: APP_SETTING, value: from-the-container}}]
+"#,
+            image = kubelet.image(),
+            node = kubelet.node_name(),
+        ));
+        kubelet.wait_pod_running(cluster, APPS, TARGET_POD, Duration::from_secs(120));
+        let host = kubelet.spawn_in_node(
+            "stand-in-host",
+            &["unshare", "--uts", "--mount", "--fork"],
+            &format!("hostname {STAND_IN_HOSTNAME}; exec sleep 3600"),
+        );
+        let home = kubelet.scratch.join("home");
+        std::fs::create_dir_all(&home).expect("create HOME");
+        Env {
+            cluster,
+            kubelet,
+            host,
+            home,
+        }
+    }
+}
+
+fn wait_for_service_account(cluster: &Cluster, namespace: &str) {
+    let made = wait_until(Duration::from_secs(60), || {
+        cluster
+            .kubectl(&["get", "serviceaccount", "default", "-n", namespace])
+            .status
+            .success()
+    });
+    assert!(made, "no default ServiceAccount in {namespace}");
+}
+
+/// A kubeconfig for `user` in `groups`.
+fn kubeconfig(user: &str, groups: &[&str]) -> PathBuf {
+    env()
+        .cluster
+        .user_kubeconfig(user, groups, Validity::Current)
+}
+
+fn operator(user: &str) -> PathBuf {
+    kubeconfig(user, &[OPERATORS])
+}
+
+/// `node-exec` with the test image and a clean HOME, as the user of `kubeconfig`.
+fn node_exec(kubeconfig: &Path, args: &[&str]) -> Command {
+    let env = env();
+    let mut command = Command::new(workspace_bin("node-exec"));
+    command
+        .env("HOME", &env.home)
+        .env_remove("NODE_EXEC_CONFIG")
+        .env_remove("KUBECONFIG")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args([
+            "--image",
+            env.kubelet.image(),
+            "--image-pull-policy",
+            "Never",
+        ])
+        .args(["--start-timeout", "90s"])
+        .args(args);
+    command
+}
+
+fn run(kubeconfig: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = node_exec(kubeconfig, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run node-exec (cargo build -p node-exec first)");
+    let mut input = child.stdin.take().expect("piped");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait for node-exec");
+    let _ = writer.join();
+    out
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn host_pid() -> String {
+    env().host.pid.to_string()
+}
+
+/// Helper pods of `user` in `namespace`, by the label node-exec puts on them.
+fn helper_pods(namespace: &str, user: &str) -> Vec<String> {
+    let out = env().cluster.kubectl_ok(&[
+        "get",
+        "pods",
+        "-n",
+        namespace,
+        "-l",
+        &format!("app.kubernetes.io/managed-by=node-exec,nodegate.dev/node-exec-user={user}"),
+        "-o",
+        "name",
+    ]);
+    out.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn a_host_command_runs_on_the_host_and_passes_its_exit_code() {
+    let me = operator("host-op");
+    let out = run(
+        &me,
+        &["--host-pid", &host_pid(), "localhost", "--", "hostname"],
+        b"",
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), STAND_IN_HOSTNAME);
+
+    let out = run(
+        &me,
+        &[
+            "--host-pid",
+            &host_pid(),
+            "localhost",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 7",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert!(text(&out.stderr).contains("err"), "{}", text(&out.stderr));
+    assert!(
+        helper_pods("nodegate-system", "host-op").is_empty(),
+        "helper pod left behind"
+    );
+}
+
+#[test]
+fn a_host_login_as_another_user_takes_uid_gid_and_home_from_the_hosts_passwd() {
+    let me = operator("host-user-op");
+    let out = run(
+        &me,
+        &[
+            "--host-pid",
+            &host_pid(),
+            "--user",
+            "nobody",
+            "localhost",
+            "--",
+            "sh",
+            "-c",
+            "id -u; id -g; echo $HOME $USER",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "65534\n65534\n/ nobody\n");
+}
+
+#[test]
+fn a_container_is_entered_as_a_named_user() {
+    let me = operator("named-op");
+    let out = run(
+        &me,
+        &[
+            &format!("pod/{TARGET_POD}"),
+            "-n",
+            APPS,
+            "--user",
+            "alice",
+            "--",
+            "sh",
+            "-c",
+            "id; echo $HOME $APP_SETTING; hostname",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("uid=1000(alice) gid=1000(alice)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("/home/alice from-the-container"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_container_is_entered_as_a_numeric_user_and_group() {
+    let me = operator("numeric-op");
+    let out = run(
+        &me,
+        &[
+            &format!("pod/{TARGET_POD}"),
+            "-n",
+            APPS,
+            "-c",
+            "app",
+            "--user",
+            "1001:50",
+            "--",
+            "id",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("uid=1001(bob) gid=50(staff)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = run(
+        &me,
+        &[
+            &format!("pod/{TARGET_POD}"),
+            "-n",
+            APPS,
+            "--user",
+            "4242",
+            "--",
+            "id",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("uid=4242 gid=0(root)"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn an_unknown_user_is_a_clear_error() {
+    let me = operator("unknown-user-op");
+    let out = run(
+        &me,
+        &[
+            &format!("pod/{TARGET_POD}"),
+            "-n",
+            APPS,
+            "--user",
+            "mallory",
+            "--",
+            "id",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("user \"mallory\" not found in /etc/passwd of the container"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn stdin_is_piped_through_and_ends() {
+    let me = operator("stdin-op");
+    // Binary data, with bytes that mean something to shells and to the framing.
+    let data: Vec<u8> = (0..200_000u32)
+        .map(|i| (i * 7 % 256) as u8)
+        .chain(*b"\n.\n")
+        .collect();
+    let out = run(
+        &me,
+        &[
+            &format!("pod/{TARGET_POD}"),
+            "-n",
+            APPS,
+            "--",
+            "sh",
+            "-c",
+            "cat > /tmp/in; wc -c < /tmp/in; md5sum < /tmp/in",
+        ],
+        &data,
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let digest = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().expect("piped").write_all(&data)?;
+            child.wait_with_output()
+        })
+        .expect("md5sum");
+    let expected = format!("{}\n{}", data.len(), text(&digest.stdout));
+    assert_eq!(
+        text(&out.stdout).replace(" -", "  -"),
+        expected.replace(" -", "  -")
+    );
+
+    let out = run(
+        &me,
+        &["--host-pid", &host_pid(), "localhost", "--", "cat"],
+        b"hello\nworld",
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello\nworld");
+}
+
+#[test]
+fn a_user_who_may_not_exec_is_refused_before_anything_is_created() {
+    let cluster = env().cluster;
+    let viewer = kubeconfig("viewer", &["viewers"]);
+    // Anything created in the helper namespace while node-exec runs shows up here.
+    let mut watch = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.admin_kubeconfig())
+        .args([
+            "get",
+            "pods",
+            "-n",
+            "nodegate-system",
+            "--watch-only",
+            "-o",
+            "name",
+        ])
+        .args(["-l", "nodegate.dev/node-exec-user=viewer"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl watch");
+    std::thread::sleep(Duration::from_secs(1));
+    let out = run(
+        &viewer,
+        &[
+            &format!("pod/{TARGET_POD}"),
+            "-n",
+            APPS,
+            "--user",
+            "0",
+            "--",
+            "id",
+        ],
+        b"",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = watch.kill();
+    let seen = watch.wait_with_output().expect("watch output");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("refused before creating anything")
+            && stderr.contains(&format!("create pods/exec on pod {APPS}/{TARGET_POD}")),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+    assert!(
+        seen.stdout.is_empty(),
+        "a pod was created: {}",
+        text(&seen.stdout)
+    );
+
+    // Without rights in the helper namespace, a host shell is refused too.
+    let outsider = kubeconfig("outsider", &["outsiders"]);
+    let out = run(
+        &outsider,
+        &["--host-pid", &host_pid(), "localhost", "--", "true"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("create pods in namespace nodegate-system"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Starts a long session, waits for its helper pod, sends `signal`, and checks that node-exec
+/// exits with 128+signal after deleting the pod.
+fn interrupted_session_leaves_no_pod(user: &str, signal: &str, code: i32) {
+    let me = operator(user);
+    let mut child: Child = node_exec(
+        &me,
+        &["--host-pid", &host_pid(), "localhost", "--", "sleep", "600"],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("run node-exec");
+    let cluster = env().cluster;
+    let running = wait_until(Duration::from_secs(90), || {
+        let out = cluster.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            "nodegate-system",
+            "-l",
+            &format!("nodegate.dev/node-exec-user={user}"),
+            "-o",
+            "jsonpath={.items[*].status.containerStatuses[*].state.running.startedAt}",
+        ]);
+        !out.stdout.is_empty()
+    });
+    assert!(running, "the helper pod never ran");
+    // Give node-exec a moment to start the exec, so the signal hits a session in progress.
+    std::thread::sleep(Duration::from_secs(2));
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exited = wait_until(Duration::from_secs(30), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(exited, "node-exec did not exit after {signal}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("deleted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        helper_pods("nodegate-system", user).is_empty(),
+        "helper pod left after {signal}"
+    );
+}
+
+#[test]
+fn sigint_leaves_no_helper_pod() {
+    interrupted_session_leaves_no_pod("int-op", "INT", 130);
+}
+
+#[test]
+fn sigterm_leaves_no_helper_pod() {
+    interrupted_session_leaves_no_pod("term-op", "TERM", 143);
+}
+
+#[test]
+fn sighup_leaves_no_helper_pod() {
+    interrupted_session_leaves_no_pod("hup-op", "HUP", 129);
+}
+
+#[test]
+fn gc_deletes_the_pods_of_sessions_that_are_gone() {
+    let cluster = env().cluster;
+    // A helper namespace of its own, so gc does not touch the other tests' live sessions.
+    cluster.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: gc-helpers}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: operators, namespace: gc-helpers}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: nodegate-node-exec-helper-pods}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: {OPERATORS}}}]
+"#
+    ));
+    wait_for_service_account(cluster, "gc-helpers");
+    let me = operator("gc-op");
+    let helper_ns = ["--helper-namespace", "gc-helpers"];
+    // A session killed outright (SIGKILL) cannot clean up: its pod stays.
+    let mut args: Vec<&str> = helper_ns.to_vec();
+    let pid = host_pid();
+    args.extend(["--host-pid", &pid, "localhost", "--", "sleep", "600"]);
+    let mut child = node_exec(&me, &args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run node-exec");
+    let created = wait_until(Duration::from_secs(90), || {
+        !helper_pods("gc-helpers", "gc-op").is_empty()
+    });
+    assert!(created, "no helper pod appeared");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(helper_pods("gc-helpers", "gc-op").len(), 1);
+
+    // Its heartbeat is fresh: gc keeps it...
+    let out = run(&me, &["gc", "--helper-namespace", "gc-helpers"], b"");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("active"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(helper_pods("gc-helpers", "gc-op").len(), 1);
+    // ...until the heartbeat is older than --stale-after; a dry run only lists it.
+    std::thread::sleep(Duration::from_secs(3));
+    let stale = [
+        "gc",
+        "--helper-namespace",
+        "gc-helpers",
+        "--stale-after",
+        "2s",
+    ];
+    let mut dry = stale.to_vec();
+    dry.push("--dry-run");
+    let out = run(&me, &dry, b"");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("session gone") && stdout.contains("would delete"),
+        "{stdout}"
+    );
+    assert_eq!(helper_pods("gc-helpers", "gc-op").len(), 1);
+    let out = run(&me, &stale, b"");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("deleted 1 helper pod"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(helper_pods("gc-helpers", "gc-op").is_empty());
+}
+
+#[test]
+fn bad_input_is_refused_with_what_to_do() {
+    let me = operator("input-op");
+    let out = run(&me, &["Node_1", "--", "true"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("lowercase"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&me, &["localhost", "--user", "$(id)", "--", "true"], b"");
+    assert!(
+        text(&out.stderr).contains("UID:GID"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&me, &["no-such-node", "--", "true"], b"");
+    assert!(
+        text(&out.stderr).contains("node no-such-node not found"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&me, &["pod/nope", "-n", APPS, "--", "true"], b"");
+    assert!(
+        text(&out.stderr).contains("pod shop/nope not found"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(
+        &me,
+        &[
+            &format!("pod/{TARGET_POD}"),
+            "-n",
+            APPS,
+            "-c",
+            "db",
+            "--",
+            "true",
+        ],
+        b"",
+    );
+    assert!(
+        text(&out.stderr).contains("has no container db (it has: app)"),
+        "{}",
+        text(&out.stderr)
+    );
+}
