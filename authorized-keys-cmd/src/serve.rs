@@ -181,7 +181,15 @@ pub fn lookup(
         (!cached.lines.is_empty() || age < MISS_FRESHNESS).then_some(cached)
     };
 
-    if let (Some(cache), Some(node)) = (&cache, &settings.node_name)
+    // Without a configured name, the fresh check uses the one node the cache holds (only this
+    // node's own API reads are stored there): that spares parsing the kubeconfig and the
+    // certificate on the hot path, about a third of a cached answer's time.
+    let cached_node = match (&settings.node_name, &cache) {
+        (Some(node), _) => Some(node.clone()),
+        (None, Some(cache)) => cache.only_node(&settings.prefix).ok().flatten(),
+        (None, None) => None,
+    };
+    if let (Some(cache), Some(node)) = (&cache, &cached_node)
         && let Some(cached) = fresh(cache, node, log)
     {
         return Ok(cached);
@@ -200,7 +208,7 @@ pub fn lookup(
             (None, None) => return Err(LookupError::UnknownNode(e.to_string())),
         },
     };
-    if settings.node_name.is_none()
+    if cached_node.as_ref() != Some(&node)
         && let Some(cache) = &cache
         && let Some(cached) = fresh(cache, &node, log)
     {

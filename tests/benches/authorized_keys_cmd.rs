@@ -239,21 +239,18 @@ fn main() {
         "sshd-static",
         &KeySource::File(static_file.clone()),
     );
-    let logins = 30;
-    let login_times = |sshd: &Sshd| {
+    let logins = 120;
+    for sshd in [&sshd_static, &sshd_cached, &sshd_api] {
         for _ in 0..3 {
             sshd.time_login(&key, "root");
         }
-        (0..logins)
-            .map(|_| sshd.time_login(&key, "root"))
-            .collect::<Vec<_>>()
-    };
-    // Interleave to spread machine noise evenly.
+    }
+    // One login of each kind in turn, so that machine noise hits all three alike.
     let (mut l_static, mut l_cached, mut l_api) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..3 {
-        l_static.extend(login_times(&sshd_static));
-        l_cached.extend(login_times(&sshd_cached));
-        l_api.extend(login_times(&sshd_api));
+    for _ in 0..logins {
+        l_static.push(sshd_static.time_login(&key, "root"));
+        l_cached.push(sshd_cached.time_login(&key, "root"));
+        l_api.push(sshd_api.time_login(&key, "root"));
     }
 
     let rss_cached = peak_rss_kib(&cached, &fingerprint);
