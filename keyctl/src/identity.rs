@@ -8,6 +8,7 @@ use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::api::PostParams;
 use kube::{Api, Client};
+use secrecy::ExposeSecret as _;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// The name used when no source tells who the caller is.
@@ -40,10 +41,32 @@ pub fn name_from_config(config: &kube::Config) -> Option<String> {
             .ok()?
     } else if let Some(path) = &auth.client_certificate {
         std::fs::read(path).ok()?
+    } else if let Some(name) = auth.username.clone().filter(|n| !n.is_empty()) {
+        return Some(name);
     } else {
-        return auth.username.clone().filter(|n| !n.is_empty());
+        // A ServiceAccount in the cluster: the token's subject is the user name.
+        let token = match (&auth.token, &auth.token_file) {
+            (Some(token), _) => token.expose_secret().to_owned(),
+            (None, Some(file)) => std::fs::read_to_string(file).ok()?,
+            (None, None) => return None,
+        };
+        return subject_of_jwt(&token);
     };
     common_name_of_pem(&pem)
+}
+
+/// The `sub` claim of a JWT (a ServiceAccount token), read without verifying it: it only names
+/// the caller in messages and events; the API server decides what the token may do.
+fn subject_of_jwt(token: &str) -> Option<String> {
+    let payload = token.trim().split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    claims["sub"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 /// The subject common name of the first certificate in a PEM bundle.
@@ -52,4 +75,24 @@ fn common_name_of_pem(pem: &[u8]) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(&pem.contents).ok()?;
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
     Some(cn.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_account_token_names_its_subject() {
+        let claims = br#"{"iss":"kubernetes/serviceaccount","sub":"system:serviceaccount:nodegate-system:nodegate-janitor"}"#;
+        let token = format!(
+            "eyJhbGciOiJSUzI1NiJ9.{}.c2lnbmF0dXJl",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims)
+        );
+        assert_eq!(
+            subject_of_jwt(&format!("{token}\n")).as_deref(),
+            Some("system:serviceaccount:nodegate-system:nodegate-janitor")
+        );
+        assert_eq!(subject_of_jwt("not-a-token"), None);
+        assert_eq!(subject_of_jwt("a.!!!.c"), None);
+    }
 }

@@ -14,6 +14,8 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("KEYCTL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,keyctl=info")),
         )
+        // Pod logs and files get plain text; colours only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
         .init();

@@ -22,7 +22,9 @@ pub async fn run(session: &Session, args: &JanitorArgs) -> anyhow::Result<bool> 
     let metadata_api: kube::Api<NodeMeta> = kube::Api::all(session.client.clone());
     let caller = session.caller().await;
     let trail = AuditTrail::new(session.client.clone(), &caller, super::grant::hostname());
-    let mut config = watcher::Config::default();
+    // The server ends each watch before the client's read timeout (60 s) would, so a quiet
+    // cluster does not look like a broken connection.
+    let mut config = watcher::Config::default().timeout(50);
     if let Some(selector) = &args.selector {
         config = config.labels(selector);
     }
