@@ -160,7 +160,8 @@ fn operator(user: &str) -> PathBuf {
     kubeconfig(user, &[OPERATORS])
 }
 
-/// `node-exec` with the test image and a clean HOME, as the user of `kubeconfig`.
+/// `node-exec` with the test image (unless `args` name another) and a clean HOME, as the user of
+/// `kubeconfig`.
 fn node_exec(kubeconfig: &Path, args: &[&str]) -> Command {
     let env = env();
     let mut command = Command::new(workspace_bin("node-exec"));
@@ -170,14 +171,11 @@ fn node_exec(kubeconfig: &Path, args: &[&str]) -> Command {
         .env_remove("KUBECONFIG")
         .arg("--kubeconfig")
         .arg(kubeconfig)
-        .args([
-            "--image",
-            env.kubelet.image(),
-            "--image-pull-policy",
-            "Never",
-        ])
-        .args(["--start-timeout", "90s"])
-        .args(args);
+        .args(["--image-pull-policy", "Never", "--start-timeout", "90s"]);
+    if !args.contains(&"--image") {
+        command.args(["--image", env.kubelet.image()]);
+    }
+    command.args(args);
     command
 }
 
@@ -689,4 +687,47 @@ fn bad_input_is_refused_with_what_to_do() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn a_node_without_a_working_kubelet_is_a_clear_error_and_creates_nothing() {
+    let cluster = env().cluster;
+    // An API-only node: no kubelet ever reported for it.
+    cluster.create_node("ghost-node");
+    let me = operator("ghost-op");
+    let out = run(&me, &["ghost-node", "--", "true"], b"");
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("node ghost-node is not ready (its kubelet never reported)"),
+        "{stderr}"
+    );
+    assert!(helper_pods("nodegate-system", "ghost-op").is_empty());
+}
+
+#[test]
+fn an_image_the_node_cannot_get_is_a_clear_error_and_the_pod_is_deleted() {
+    let me = operator("image-op");
+    let out = run(
+        &me,
+        &[
+            "--image",
+            "localhost/not-imported:1",
+            "--host-pid",
+            &host_pid(),
+            "localhost",
+            "--",
+            "true",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot pull the helper image localhost/not-imported:1")
+            && stderr.contains("ErrImageNeverPull")
+            && stderr.contains("--image"),
+        "{stderr}"
+    );
+    assert!(helper_pods("nodegate-system", "image-op").is_empty());
 }
