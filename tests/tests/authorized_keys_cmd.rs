@@ -274,6 +274,33 @@ fn revoked_grant_stops_working_within_the_freshness_window() {
 }
 
 #[test]
+fn a_grant_made_right_after_a_refused_login_works_at_once() {
+    let cluster = Cluster::shared();
+    // A long window: a cached "yes" would be trusted for an hour, a cached "no" only briefly.
+    let node = NodeSetup::new(
+        cluster,
+        "akc-new-grant",
+        Validity::Current,
+        "freshness = \"1h\"",
+    );
+    let key = node.key("new");
+    let other = node.key("other");
+    node.grant(&other, "root", in_hours(1));
+    let sshd = node.sshd();
+    assert_eq!(sshd.login(&key, "root"), Login::Refused, "no grant yet");
+    let grant = node.grant(&key, "root", in_hours(1));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
+    let out = node.run(&["root", &grant.key.fingerprint().to_string()]);
+    assert_eq!(stdout(&out), format!("{}\n", grant.authorized_keys_line()));
+    assert!(
+        stderr(&out).contains("source=cache (fresh"),
+        "a cached yes is trusted for the window: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn fifty_parallel_invocations_all_succeed() {
     let cluster = Cluster::shared();
     // freshness 0: every call asks the API and writes the cache, the worst case for contention.
