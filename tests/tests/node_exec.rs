@@ -731,3 +731,27 @@ fn an_image_the_node_cannot_get_is_a_clear_error_and_the_pod_is_deleted() {
     );
     assert!(helper_pods("nodegate-system", "image-op").is_empty());
 }
+
+#[test]
+fn a_terminal_is_given_on_request_and_the_exit_code_still_passes() {
+    let me = operator("tty-op");
+    let out = run(
+        &me,
+        &[
+            "--tty",
+            "always",
+            "--host-pid",
+            &host_pid(),
+            "localhost",
+            "--",
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo terminal; exit 3",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    // A terminal turns "\n" into "\r\n".
+    assert_eq!(stdout, "terminal\r\n");
+}
