@@ -362,7 +362,7 @@ fn check_cache(report: &mut Report, settings: &Settings) {
         Err(e) => report.problem(
             format!("cache {}: {e}", path.display()),
             format!(
-                "make {} owned by the command's user (nodegate), mode 0700, or remove the cache file; it is rebuilt from the API",
+                "make {} owned by the command's user (nodegate), mode 0700, or remove the cache file with its -wal and -shm files; it is rebuilt from the API",
                 perms::parent_dir(path).display()
             ),
         ),
