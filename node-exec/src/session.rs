@@ -4,7 +4,7 @@ use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, NodeCondition, Pod};
 use kube::api::{AttachParams, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio::signal::unix::{SignalKind, signal};
@@ -130,7 +130,11 @@ pub async fn run(cli: &Cli, settings: &Settings) -> anyhow::Result<u8> {
     if matches!(target, Target::Node(_)) {
         access::require(&client, &permissions).await?;
     }
-    check_node_ready(&client, &node).await?;
+    if let Some(note) = check_node_ready(&client, &node).await?
+        && !cli.quiet
+    {
+        eprintln!("node-exec: {note}");
+    }
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), helper_ns);
     let request = PodRequest {
@@ -343,8 +347,10 @@ async fn locate_container(
 }
 
 /// Fails early when the node is missing or not ready. A caller who may not read nodes goes on:
-/// the helper pod's start then tells.
-async fn check_node_ready(client: &Client, node: &str) -> anyhow::Result<()> {
+/// the helper pod's start then tells. A node that is not ready only because its pod network is
+/// down still runs host-network pods such as the helper (and a broken network is a reason to
+/// want a host shell): that goes on too, with a note to show.
+async fn check_node_ready(client: &Client, node: &str) -> anyhow::Result<Option<String>> {
     let nodes: Api<Node> = Api::all(client.clone());
     let found = match nodes.get(node).await {
         Ok(found) => found,
@@ -353,7 +359,7 @@ async fn check_node_ready(client: &Client, node: &str) -> anyhow::Result<()> {
         }
         Err(kube::Error::Api(status)) if status.code == 403 => {
             tracing::debug!("may not read node {node}; skipping the readiness check");
-            return Ok(());
+            return Ok(None);
         }
         Err(error) => return Err(error).context(format!("reading node {node}")),
     };
@@ -364,7 +370,13 @@ async fn check_node_ready(client: &Client, node: &str) -> anyhow::Result<()> {
         .flatten()
         .find(|c| c.type_ == "Ready");
     match ready {
-        Some(condition) if condition.status == "True" => Ok(()),
+        Some(condition) if condition.status == "True" => Ok(None),
+        Some(condition) if condition.status == "False" && only_network_down(&condition) => {
+            Ok(Some(format!(
+                "node {node} is not ready only because its pod network is down ({}); the helper pod uses the host's network, going on",
+                condition.message.unwrap_or_default()
+            )))
+        }
         Some(condition) => Err(SessionError::NodeNotReady {
             node: node.to_owned(),
             detail: format!(
@@ -381,6 +393,13 @@ async fn check_node_ready(client: &Client, node: &str) -> anyhow::Result<()> {
         }
         .into()),
     }
+}
+
+/// Whether a Ready=False condition names nothing but the runtime's network (the kubelet reports
+/// e.g. "runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady ...").
+pub fn only_network_down(condition: &NodeCondition) -> bool {
+    let message = condition.message.as_deref().unwrap_or_default();
+    message.starts_with("runtime network not ready") && !message.contains("RuntimeReady=false")
 }
 
 /// SIGINT, SIGTERM and SIGHUP, caught so that the helper pod is deleted first.
@@ -414,5 +433,32 @@ impl Signals {
             "SIGINT" => 130,
             _ => 143,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready_false(message: &str) -> NodeCondition {
+        NodeCondition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            reason: Some("KubeletNotReady".into()),
+            message: Some(message.into()),
+            ..NodeCondition::default()
+        }
+    }
+
+    #[test]
+    fn only_a_down_pod_network_lets_a_not_ready_node_through() {
+        assert!(only_network_down(&ready_false(
+            "runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized"
+        )));
+        assert!(!only_network_down(&ready_false(
+            "container runtime is down,runtime network not ready: NetworkReady=false"
+        )));
+        assert!(!only_network_down(&ready_false("PLEG is not healthy")));
+        assert!(!only_network_down(&ready_false("")));
     }
 }

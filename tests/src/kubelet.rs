@@ -156,11 +156,7 @@ impl Kubelet {
         // one would be. No CNI plugin binary exists: only hostNetwork pods (which never call
         // CNI) can start; others fail with "failed to find plugin".
         fs::create_dir_all(dir.join("cni/conf")).expect("create cni/conf");
-        fs::write(
-            dir.join("cni/conf/10-nodegate-test.conflist"),
-            r#"{"cniVersion": "0.4.0", "name": "nodegate-test", "plugins": [{"type": "loopback"}]}"#,
-        )
-        .expect("write the CNI config");
+        write_network_config(&dir);
 
         let port = free_port();
         let kubeconfig = cluster.node_kubeconfig(NODE_NAME, Validity::Current);
@@ -318,6 +314,35 @@ impl Kubelet {
         }
     }
 
+    /// Takes the node's pod network down (removes its CNI config: the runtime reports
+    /// NetworkReady=false and the node goes NotReady, as with a broken network plugin) or brings
+    /// it back, and waits until the node's Ready condition says so. Running pods go on.
+    pub fn set_pod_network(&self, cluster: &Cluster, up: bool) {
+        let config = self.scratch.join("cni/conf/10-nodegate-test.conflist");
+        if up {
+            write_network_config(self.scratch.path());
+        } else {
+            fs::remove_file(&config).expect("remove the CNI config");
+        }
+        let want = if up { "True" } else { "False" };
+        let changed = wait_until(Duration::from_secs(60), || {
+            let out = cluster.kubectl(&[
+                "get",
+                "node",
+                &self.node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            out.stdout == want.as_bytes()
+        });
+        assert!(
+            changed,
+            "node {} did not become Ready={want}; kubelet log:\n{}",
+            self.node,
+            self.log_tail("kubelet", 20)
+        );
+    }
+
     /// Waits until pod `namespace/name` runs; panics with its status and the kubelet's log if
     /// it does not within `timeout`.
     pub fn wait_pod_running(
@@ -350,6 +375,15 @@ impl Kubelet {
             self.log_tail("kubelet", 40)
         );
     }
+}
+
+/// Writes the node's CNI network config (see [`Kubelet::set_pod_network`]).
+fn write_network_config(dir: &Path) {
+    fs::write(
+        dir.join("cni/conf/10-nodegate-test.conflist"),
+        r#"{"cniVersion": "0.4.0", "name": "nodegate-test", "plugins": [{"type": "loopback"}]}"#,
+    )
+    .expect("write the CNI config");
 }
 
 /// A process started in the node's namespaces by [`Kubelet::spawn_in_node`].

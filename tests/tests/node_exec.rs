@@ -755,3 +755,25 @@ fn a_terminal_is_given_on_request_and_the_exit_code_still_passes() {
     // A terminal turns "\n" into "\r\n".
     assert_eq!(stdout, "terminal\r\n");
 }
+
+#[test]
+fn a_node_whose_pod_network_is_down_still_gets_a_host_shell() {
+    let env = env();
+    // As with a broken network plugin: the node is NotReady, yet host-network pods run.
+    env.kubelet.set_pod_network(env.cluster, false);
+    let me = operator("network-down-op");
+    let out = run(
+        &me,
+        &["--host-pid", &host_pid(), "localhost", "--", "hostname"],
+        b"",
+    );
+    env.kubelet.set_pod_network(env.cluster, true);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert_eq!(text(&out.stdout).trim(), STAND_IN_HOSTNAME);
+    assert!(
+        stderr.contains("node localhost is not ready only because its pod network is down"),
+        "{stderr}"
+    );
+    assert!(helper_pods("nodegate-system", "network-down-op").is_empty());
+}
