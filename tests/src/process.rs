@@ -14,6 +14,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const REAPER_SCRIPT: &str = r#"
+# Ctrl-C or a kill of the whole process group must not take the reaper down with the tests.
+trap '' INT TERM HUP
 dir=$1 keep=$2 pids=
 while read -r line; do
   case $line in
