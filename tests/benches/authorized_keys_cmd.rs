@@ -15,7 +15,7 @@ use chrono::Utc;
 use nodegate_core::{AnnotationPrefix, Expiry, Grant, GrantKey, GrantText, LoginUser};
 use nodegate_testkit::process::Scratch;
 use nodegate_testkit::sshd::{KeySource, RootOwnedDir, Sshd, ssh_keygen};
-use nodegate_testkit::{Cluster, Validity, workspace_bin};
+use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
 
 const NODE: &str = "bench-node";
 
@@ -48,8 +48,19 @@ fn time_runs(runs: usize, mut make: impl FnMut() -> Command) -> Vec<Duration> {
     samples
 }
 
+/// The binary the node package ships: the static musl build that `scripts/bench` and
+/// `packaging/build-packages` make, else (with a note) the glibc build in target/release.
+fn shipped_binary() -> PathBuf {
+    let glibc = workspace_bin("authorized-keys-cmd");
+    let musl = workspace_root()
+        .join("target")
+        .join(format!("{}-unknown-linux-musl", std::env::consts::ARCH))
+        .join("release/authorized-keys-cmd");
+    if musl.is_file() { musl } else { glibc }
+}
+
 fn akc(config: &Path, fingerprint: &str) -> Command {
-    let mut cmd = Command::new(workspace_bin("authorized-keys-cmd"));
+    let mut cmd = Command::new(shipped_binary());
     cmd.arg("--config").arg(config).arg("root").arg(fingerprint);
     cmd
 }
@@ -58,7 +69,7 @@ fn akc(config: &Path, fingerprint: &str) -> Command {
 fn peak_rss_kib(config: &Path, fingerprint: &str) -> u64 {
     let out = Command::new("/usr/bin/time")
         .args(["-f", "%M"])
-        .arg(workspace_bin("authorized-keys-cmd"))
+        .arg(shipped_binary())
         .arg("--config")
         .arg(config)
         .arg("root")
@@ -196,11 +207,17 @@ fn main() {
     });
     // The floor for any command: start the binary and exit (`--version`).
     let t_startup = time_runs(runs, || {
-        let mut c = Command::new(workspace_bin("authorized-keys-cmd"));
+        let mut c = Command::new(shipped_binary());
         c.arg("--version");
         c
     });
     let t_cached = time_runs(runs, || akc(&cached, &fingerprint));
+    // The same answer from the dynamically linked glibc build, for comparison.
+    let t_cached_glibc = time_runs(runs, || {
+        let mut c = Command::new(workspace_bin("authorized-keys-cmd"));
+        c.arg("--config").arg(&cached).arg("root").arg(&fingerprint);
+        c
+    });
     let t_api = time_runs(runs, || akc(&via_api, &fingerprint));
     let t_down = time_runs(runs, || akc(&api_down, &fingerprint));
     let script = format!(
@@ -216,7 +233,7 @@ fn main() {
     // Real ssh logins: through the command (fresh cache, as sshd sees it on repeat logins, and
     // via the API) against a static AuthorizedKeysFile.
     let dir = RootOwnedDir::new("akc-bench");
-    let program = dir.install(&workspace_bin("authorized-keys-cmd"), "authorized-keys-cmd");
+    let program = dir.install(&shipped_binary(), "authorized-keys-cmd");
     let sshd_cmd = |config: &Path, name: &str| {
         Sshd::start(
             &scratch,
@@ -258,7 +275,8 @@ fn main() {
     let rss_down = peak_rss_kib(&api_down, &fingerprint);
 
     println!();
-    println!("authorized-keys-cmd benchmark (release build; median and p90 wall time per run)");
+    println!("authorized-keys-cmd benchmark (median and p90 wall time per run)");
+    println!("binary: {}", shipped_binary().display());
     println!(
         "{:<46} {:>11} {:>11} {:>6}",
         "case", "median", "p90", "runs"
@@ -275,6 +293,7 @@ fn main() {
     row("baseline: cat static authorized_keys", &t_cat);
     row("authorized-keys-cmd --version (process floor)", &t_startup);
     row("authorized-keys-cmd, fresh cache", &t_cached);
+    row("  the same, glibc build (target/release)", &t_cached_glibc);
     row("authorized-keys-cmd, via the API", &t_api);
     row("authorized-keys-cmd, API down (conn refused)", &t_down);
     row("baseline: kubectl get node -o jsonpath script", &t_kubectl);
