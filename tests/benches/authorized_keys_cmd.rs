@@ -59,6 +59,27 @@ fn shipped_binary() -> PathBuf {
     if musl.is_file() { musl } else { glibc }
 }
 
+/// Like [`time_runs`] for several commands, run in turn (one of each per round).
+fn time_interleaved(runs: usize, makers: &mut [&mut dyn FnMut() -> Command]) -> Vec<Vec<Duration>> {
+    let mut samples = vec![Vec::with_capacity(runs); makers.len()];
+    for round in 0..runs + 3 {
+        for (make, series) in makers.iter_mut().zip(samples.iter_mut()) {
+            let mut cmd = make();
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let started = Instant::now();
+            let status = cmd.status().expect("run benchmark command");
+            let took = started.elapsed();
+            assert!(status.success(), "{cmd:?} failed");
+            if round >= 3 {
+                series.push(took);
+            }
+        }
+    }
+    samples
+}
+
 fn akc(config: &Path, fingerprint: &str) -> Command {
     let mut cmd = Command::new(shipped_binary());
     cmd.arg("--config").arg(config).arg("root").arg(fingerprint);
@@ -200,24 +221,33 @@ fn main() {
     );
 
     let runs = 200;
-    let t_cat = time_runs(runs, || {
-        let mut c = Command::new("cat");
-        c.arg(&static_file);
-        c
-    });
-    // The floor for any command: start the binary and exit (`--version`).
-    let t_startup = time_runs(runs, || {
-        let mut c = Command::new(shipped_binary());
-        c.arg("--version");
-        c
-    });
-    let t_cached = time_runs(runs, || akc(&cached, &fingerprint));
-    // The same answer from the dynamically linked glibc build, for comparison.
-    let t_cached_glibc = time_runs(runs, || {
-        let mut c = Command::new(workspace_bin("authorized-keys-cmd"));
-        c.arg("--config").arg(&cached).arg("root").arg(&fingerprint);
-        c
-    });
+    // The quick cases run in turn, one of each per round, so that machine noise hits them alike.
+    let mut quick = time_interleaved(
+        runs,
+        &mut [
+            &mut || {
+                let mut c = Command::new("cat");
+                c.arg(&static_file);
+                c
+            },
+            // The floor for any command: start the binary and exit.
+            &mut || {
+                let mut c = Command::new(shipped_binary());
+                c.arg("--version");
+                c
+            },
+            &mut || akc(&cached, &fingerprint),
+            // The same answer from the dynamically linked glibc build, for comparison.
+            &mut || {
+                let mut c = Command::new(workspace_bin("authorized-keys-cmd"));
+                c.arg("--config").arg(&cached).arg("root").arg(&fingerprint);
+                c
+            },
+        ],
+    )
+    .into_iter();
+    let mut next = || quick.next().expect("one series per case");
+    let (t_cat, t_startup, t_cached, t_cached_glibc) = (next(), next(), next(), next());
     let t_api = time_runs(runs, || akc(&via_api, &fingerprint));
     let t_down = time_runs(runs, || akc(&api_down, &fingerprint));
     let script = format!(
