@@ -16,8 +16,8 @@ use crate::kubeconfig::{KubeconfigError, NodeCredentials};
 /// How long a cached answer without any key for the request is served without asking the API
 /// (when shorter than the freshness window). Short, so that a login right after a grant works
 /// (`keyctl grant` then `ssh`), yet a flood of unknown keys offered before authentication costs
-/// at most a few API reads per second.
-pub const MISS_FRESHNESS: Duration = Duration::from_millis(250);
+/// at most ten API reads per second.
+pub const MISS_FRESHNESS: Duration = Duration::from_millis(100);
 
 /// Where the grants that were served came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
