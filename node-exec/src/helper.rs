@@ -128,6 +128,9 @@ pub struct ExecPlan {
     pub framed_stdin: bool,
     /// The caller's TERM, with a terminal.
     pub term: Option<String>,
+    /// The caller's window as (rows, columns), with a terminal: set before the command starts,
+    /// because the first resize message may arrive after it has read its size.
+    pub window: Option<(u16, u16)>,
     /// The command; empty for a shell.
     pub command: Vec<String>,
 }
@@ -152,6 +155,9 @@ impl ExecPlan {
                 .unwrap_or_default(),
             if self.framed_stdin { "1" } else { "0" }.into(),
             self.term.clone().unwrap_or_default(),
+            self.window
+                .map(|(rows, cols)| format!("{rows}x{cols}"))
+                .unwrap_or_default(),
             "--".into(),
         ];
         argv.extend(self.command.iter().cloned());
@@ -239,6 +245,7 @@ mod tests {
             user: Some(UserSpec::parse("alice").expect("valid")),
             framed_stdin: true,
             term: None,
+            window: None,
             command: vec!["echo".into(), "a b".into()],
         };
         let argv = plan.argv();
@@ -251,6 +258,7 @@ mod tests {
                 "42",
                 "alice",
                 "1",
+                "",
                 "",
                 "--",
                 "echo",

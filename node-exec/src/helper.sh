@@ -1,22 +1,24 @@
 # node-exec's helper: run with `sh -c` in the privileged helper pod, before anything of the target
 # is touched. It finds the process whose namespaces to enter, resolves the user in that process's
 # own /etc/passwd and /etc/group, and execs nsenter with that uid and gid. Needs only sh, awk, cut,
-# grep, env, nsenter and base64 from the helper image (busybox has them all).
+# grep, env, nsenter and base64 from the helper image (busybox has them all), and stty if it is
+# there (for the window size).
 #
-# Arguments: MODE TARGET USER FRAMED TERM -- COMMAND...
+# Arguments: MODE TARGET USER FRAMED TERM WINDOW -- COMMAND...
 #   MODE    host: TARGET is the PID whose namespaces are "the host"
 #           container: TARGET is the container ID (hex) from the pod status
 #   USER    NAME, UID, NAME:GROUP or UID:GID; empty: root on the host, the container's own user
 #   FRAMED  1: stdin arrives base64-encoded, one chunk a line, and a line "." marks its end
 #           (the WebSocket protocol v4 cannot half-close stdin)
 #   TERM    the caller's TERM when a terminal is attached, else empty
+#   WINDOW  ROWSxCOLS of the caller's terminal, else empty
 #   COMMAND empty: the user's shell (a login shell on the host)
 set -u
 die() { printf 'node-exec: %s\n' "$*" >&2; exit 125; }
 isnum() { case $1 in '' | *[!0-9]*) return 1 ;; esac; }
 
-mode=$1 target=$2 user=$3 framed=$4 term=$5
-shift 6
+mode=$1 target=$2 user=$3 framed=$4 term=$5 window=$6
+shift 7
 
 case $mode in
 host)
@@ -116,6 +118,11 @@ while [ $i -lt $words ]; do
 done
 
 if [ "$framed" != 1 ]; then
+  # The first resize message may come after the command has read its window size: set it now.
+  rows=${window%x*} cols=${window#*x}
+  if isnum "$rows" && isnum "$cols" && command -v stty >/dev/null; then
+    stty rows "$rows" cols "$cols" 2>/dev/null
+  fi
   exec env -i "$@"
 fi
 fifo=/tmp/node-exec-stdin.$$

@@ -172,6 +172,10 @@ pub async fn run(cli: &Cli, settings: &Settings) -> anyhow::Result<u8> {
         user,
         framed_stdin: !tty,
         term: tty.then(|| std::env::var("TERM").unwrap_or_else(|_| "xterm".into())),
+        window: tty
+            .then(|| crossterm::terminal::size().ok())
+            .flatten()
+            .map(|(cols, rows)| (rows, cols)),
         command: cli.remote_command.clone(),
     };
     let outcome = tokio::select! {

@@ -119,6 +119,9 @@ async fn send_sizes(mut sizes: futures::channel::mpsc::Sender<TerminalSize>) {
     }
 }
 
+/// How long output that arrived before a lost connection may take to be written out.
+const LOST_OUTPUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Connects the caller's stdio to `process` until it ends; returns its exit code.
 pub async fn connect(
     mut process: AttachedProcess,
@@ -143,11 +146,22 @@ pub async fn connect(
         None
     };
     let status = status.await;
-    // The remote side is done: let the output drain, then stop feeding input.
-    for task in [stdout, stderr].into_iter().flatten() {
-        let _ = task.await;
+    // The remote side is done: let the output drain, then stop feeding input. After a status
+    // kube ends stdout and stderr, so they drain to their end; after a lost connection it leaves
+    // them open, so only what has already arrived is shown.
+    let mut outputs: Vec<_> = [stdout, stderr].into_iter().flatten().collect();
+    let drained = async {
+        for task in &mut outputs {
+            let _ = task.await;
+        }
+    };
+    match status {
+        Some(_) => drained.await,
+        None => {
+            let _ = tokio::time::timeout(LOST_OUTPUT_GRACE, drained).await;
+        }
     }
-    for task in [stdin, sizes].into_iter().flatten() {
+    for task in outputs.iter().chain([stdin, sizes].iter().flatten()) {
         task.abort();
     }
     drop(process);

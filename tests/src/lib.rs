@@ -4,6 +4,8 @@
 //!   kube-controller-manager; certificates and kubeconfigs for any identity.
 //! - [`process::Scratch`]: temp dirs and daemons that are cleaned up when the test process ends,
 //!   however it ends.
+//! - [`proxy::CuttableProxy`]: a loopback TCP proxy whose connections a test can cut.
+//! - [`terminal::Terminal`]: a pseudo-terminal to run a program on, type into and resize.
 //!
 //! Prerequisites are installed by `tests/cluster/install-deps`.
 
@@ -11,7 +13,9 @@ pub mod cluster;
 pub mod kubelet;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod sshd;
+pub mod terminal;
 
 pub use cluster::Cluster;
 pub use pki::Validity;

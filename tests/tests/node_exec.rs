@@ -1,5 +1,6 @@
 //! node-exec against a real kubelet with containerd: host shell on a stand-in host, containers
-//! entered as chosen users, stdin, exit codes, refusals, interrupted sessions and gc.
+//! entered as chosen users, stdin, exit codes, refusals, interrupted sessions, lost connections,
+//! a real terminal with resizes, and gc.
 //!
 //! Build the binary first: `cargo build -p node-exec`, then
 //! `cargo test -p nodegate-testkit --test node_exec`.
@@ -12,6 +13,8 @@ use std::time::Duration;
 
 use nodegate_testkit::kubelet::{InNode, Kubelet};
 use nodegate_testkit::process::wait_until;
+use nodegate_testkit::proxy::CuttableProxy;
+use nodegate_testkit::terminal::Terminal;
 use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
 
 /// The group the shipped RBAC manifest binds.
@@ -491,10 +494,11 @@ fn a_user_who_may_not_exec_is_refused_before_anything_is_created() {
 
 /// Starts a long session, waits for its helper pod, sends `signal`, and checks that node-exec
 /// exits with 128+signal after deleting the pod.
-fn interrupted_session_leaves_no_pod(user: &str, signal: &str, code: i32) {
-    let me = operator(user);
-    let mut child: Child = node_exec(
-        &me,
+/// Starts `node-exec -- sleep 600` on the stand-in host as the user of `kubeconfig` (named
+/// `user`), and returns once its helper pod runs and the exec is under way.
+fn start_long_host_session(kubeconfig: &Path, user: &str) -> Child {
+    let child: Child = node_exec(
+        kubeconfig,
         &["--host-pid", &host_pid(), "localhost", "--", "sleep", "600"],
     )
     .stdin(Stdio::null())
@@ -517,14 +521,13 @@ fn interrupted_session_leaves_no_pod(user: &str, signal: &str, code: i32) {
         !out.stdout.is_empty()
     });
     assert!(running, "the helper pod never ran");
-    // Give node-exec a moment to start the exec, so the signal hits a session in progress.
+    // Give node-exec a moment to start the exec, so what the test does hits a session in progress.
     std::thread::sleep(Duration::from_secs(2));
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(child.id().to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    child
+}
+
+/// Waits up to 30 s for `child` to exit after `what`, killing it if it does not.
+fn wait_for_exit(mut child: Child, what: &str) -> Output {
     let exited = wait_until(Duration::from_secs(30), || {
         matches!(child.try_wait(), Ok(Some(_)))
     });
@@ -532,7 +535,23 @@ fn interrupted_session_leaves_no_pod(user: &str, signal: &str, code: i32) {
         let _ = child.kill();
     }
     let out = child.wait_with_output().expect("wait");
-    assert!(exited, "node-exec did not exit after {signal}");
+    assert!(
+        exited,
+        "node-exec did not exit after {what}; stderr: {}",
+        text(&out.stderr)
+    );
+    out
+}
+
+fn interrupted_session_leaves_no_pod(user: &str, signal: &str, code: i32) {
+    let child = start_long_host_session(&operator(user), user);
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = wait_for_exit(child, signal);
     assert_eq!(
         out.status.code(),
         Some(code),
@@ -563,6 +582,37 @@ fn sigterm_leaves_no_helper_pod() {
 #[test]
 fn sighup_leaves_no_helper_pod() {
     interrupted_session_leaves_no_pod("hup-op", "HUP", 129);
+}
+
+#[test]
+fn a_connection_lost_mid_session_is_a_clear_error_and_leaves_no_pod() {
+    let user = "lost-op";
+    // The operator reaches the API server through a proxy that can drop connections, as a flaky
+    // VPN or a restarted load balancer does; connections made afterwards work again.
+    let server = env().cluster.server();
+    let target = server
+        .trim_start_matches("https://")
+        .parse()
+        .expect("the API server's address");
+    let proxy = CuttableProxy::start(target);
+    let direct = std::fs::read_to_string(operator(user)).expect("read kubeconfig");
+    let through_proxy = env().home.join(format!("{user}.kubeconfig"));
+    std::fs::write(
+        &through_proxy,
+        direct.replace(server, &format!("https://{}", proxy.address())),
+    )
+    .expect("write kubeconfig");
+
+    let child = start_long_host_session(&through_proxy, user);
+    proxy.cut();
+    let out = wait_for_exit(child, "its connection was cut");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("lost the connection"), "{stderr}");
+    assert!(
+        helper_pods("nodegate-system", user).is_empty(),
+        "helper pod left after the connection was lost"
+    );
 }
 
 #[test]
@@ -754,6 +804,54 @@ fn a_terminal_is_given_on_request_and_the_exit_code_still_passes() {
     let stdout = text(&out.stdout);
     // A terminal turns "\n" into "\r\n".
     assert_eq!(stdout, "terminal\r\n");
+}
+
+#[test]
+fn on_a_terminal_the_window_size_follows_resizes_and_the_terminal_is_restored() {
+    let user = "resize-op";
+    let terminal = Terminal::open(24, 80);
+    // No --tty: a terminal on stdin and stdout is enough. Each line typed prints the remote size.
+    let mut child = terminal.spawn(&node_exec(
+        &operator(user),
+        &[
+            "--host-pid",
+            &host_pid(),
+            "localhost",
+            "--",
+            "sh",
+            "-c",
+            "stty size; while read line; do stty size; done; exit 7",
+        ],
+    ));
+    let started = terminal.wait_for("24 80", Duration::from_secs(120));
+    assert!(started, "no remote size 24 80: {}", terminal.screen());
+    terminal.resize(40, 120);
+    // The resize travels on its own channel: keep asking until the remote terminal has it.
+    let resized = wait_until(Duration::from_secs(30), || {
+        terminal.type_keys(b"\n");
+        terminal.wait_for("40 120", Duration::from_millis(300))
+    });
+    assert!(
+        resized,
+        "the remote size did not follow: {}",
+        terminal.screen()
+    );
+    // Ctrl-D ends `read` on the remote terminal: only raw mode lets it through.
+    terminal.type_keys(b"\x04");
+    let exited = wait_until(Duration::from_secs(30), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait");
+    assert!(exited, "node-exec did not end: {}", terminal.screen());
+    assert_eq!(status.code(), Some(7), "{}", terminal.screen());
+    assert!(
+        terminal.is_cooked(),
+        "node-exec left the terminal in raw mode"
+    );
+    assert!(helper_pods("nodegate-system", user).is_empty());
 }
 
 #[test]
