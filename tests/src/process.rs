@@ -212,3 +212,49 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A child process that is killed when the guard drops, as when its test panics half-way, so a
+/// failed test never leaves it running.
+pub struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    /// Guards `child`.
+    pub fn new(child: Child) -> KillOnDrop {
+        KillOnDrop(Some(child))
+    }
+
+    /// Whether the process has exited, without waiting.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child().try_wait(), Ok(Some(_)))
+    }
+
+    /// The process id.
+    pub fn id(&mut self) -> u32 {
+        self.child().id()
+    }
+
+    /// Waits for the process up to `timeout`, kills it if it is still running then, and returns
+    /// its status and the output of its piped streams, with whether it exited on its own.
+    pub fn wait_for_exit(mut self, timeout: Duration) -> (bool, std::process::Output) {
+        let exited = wait_until(timeout, || self.has_exited());
+        let mut child = self.0.take().expect("a guarded child");
+        if !exited {
+            let _ = child.kill();
+        }
+        let output = child.wait_with_output().expect("wait for a child");
+        (exited, output)
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("a guarded child")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -7,12 +7,12 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use nodegate_testkit::kubelet::{InNode, Kubelet};
-use nodegate_testkit::process::wait_until;
+use nodegate_testkit::process::{KillOnDrop, wait_until};
 use nodegate_testkit::proxy::CuttableProxy;
 use nodegate_testkit::terminal::Terminal;
 use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
@@ -496,16 +496,18 @@ fn a_user_who_may_not_exec_is_refused_before_anything_is_created() {
 /// exits with 128+signal after deleting the pod.
 /// Starts `node-exec -- sleep 600` on the stand-in host as the user of `kubeconfig` (named
 /// `user`), and returns once its helper pod runs and the exec is under way.
-fn start_long_host_session(kubeconfig: &Path, user: &str) -> Child {
-    let child: Child = node_exec(
-        kubeconfig,
-        &["--host-pid", &host_pid(), "localhost", "--", "sleep", "600"],
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("run node-exec");
+fn start_long_host_session(kubeconfig: &Path, user: &str) -> KillOnDrop {
+    let child = KillOnDrop::new(
+        node_exec(
+            kubeconfig,
+            &["--host-pid", &host_pid(), "localhost", "--", "sleep", "600"],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run node-exec"),
+    );
     let cluster = env().cluster;
     let running = wait_until(Duration::from_secs(90), || {
         let out = cluster.kubectl(&[
@@ -527,14 +529,8 @@ fn start_long_host_session(kubeconfig: &Path, user: &str) -> Child {
 }
 
 /// Waits up to 30 s for `child` to exit after `what`, killing it if it does not.
-fn wait_for_exit(mut child: Child, what: &str) -> Output {
-    let exited = wait_until(Duration::from_secs(30), || {
-        matches!(child.try_wait(), Ok(Some(_)))
-    });
-    if !exited {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().expect("wait");
+fn wait_for_exit(child: KillOnDrop, what: &str) -> Output {
+    let (exited, out) = child.wait_for_exit(Duration::from_secs(30));
     assert!(
         exited,
         "node-exec did not exit after {what}; stderr: {}",
@@ -544,7 +540,7 @@ fn wait_for_exit(mut child: Child, what: &str) -> Output {
 }
 
 fn interrupted_session_leaves_no_pod(user: &str, signal: &str, code: i32) {
-    let child = start_long_host_session(&operator(user), user);
+    let mut child = start_long_host_session(&operator(user), user);
     let status = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(child.id().to_string())
@@ -639,18 +635,19 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: {OPERATORS}
     let mut args: Vec<&str> = helper_ns.to_vec();
     let pid = host_pid();
     args.extend(["--host-pid", &pid, "localhost", "--", "sleep", "600"]);
-    let mut child = node_exec(&me, &args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run node-exec");
+    let child = KillOnDrop::new(
+        node_exec(&me, &args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run node-exec"),
+    );
     let created = wait_until(Duration::from_secs(90), || {
         !helper_pods("gc-helpers", "gc-op").is_empty()
     });
     assert!(created, "no helper pod appeared");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child); // SIGKILL
     assert_eq!(helper_pods("gc-helpers", "gc-op").len(), 1);
 
     // Its heartbeat is fresh: gc keeps it...
@@ -811,7 +808,7 @@ fn on_a_terminal_the_window_size_follows_resizes_and_the_terminal_is_restored() 
     let user = "resize-op";
     let terminal = Terminal::open(24, 80);
     // No --tty: a terminal on stdin and stdout is enough. Each line typed prints the remote size.
-    let mut child = terminal.spawn(&node_exec(
+    let child = KillOnDrop::new(terminal.spawn(&node_exec(
         &operator(user),
         &[
             "--host-pid",
@@ -822,7 +819,7 @@ fn on_a_terminal_the_window_size_follows_resizes_and_the_terminal_is_restored() 
             "-c",
             "stty size; while read line; do stty size; done; exit 7",
         ],
-    ));
+    )));
     let started = terminal.wait_for("24 80", Duration::from_secs(120));
     assert!(started, "no remote size 24 80: {}", terminal.screen());
     terminal.resize(40, 120);
@@ -838,15 +835,9 @@ fn on_a_terminal_the_window_size_follows_resizes_and_the_terminal_is_restored() 
     );
     // Ctrl-D ends `read` on the remote terminal: only raw mode lets it through.
     terminal.type_keys(b"\x04");
-    let exited = wait_until(Duration::from_secs(30), || {
-        matches!(child.try_wait(), Ok(Some(_)))
-    });
-    if !exited {
-        let _ = child.kill();
-    }
-    let status = child.wait().expect("wait");
+    let (exited, out) = child.wait_for_exit(Duration::from_secs(30));
     assert!(exited, "node-exec did not end: {}", terminal.screen());
-    assert_eq!(status.code(), Some(7), "{}", terminal.screen());
+    assert_eq!(out.status.code(), Some(7), "{}", terminal.screen());
     assert!(
         terminal.is_cooked(),
         "node-exec left the terminal in raw mode"
