@@ -169,8 +169,7 @@ pub fn lookup(
     };
     // Within the freshness window the API is not asked: sshd may call several times per login.
     // A cached "yes" is trusted for the whole window (so revocation takes effect within it); a
-    // cached "no" only for MISS_FRESHNESS, so that a key granted a moment ago logs in at once,
-    // while a flood of unknown keys still costs at most one API read per MISS_FRESHNESS.
+    // cached "no" only for MISS_FRESHNESS.
     let fresh = |cache: &Cache, node: &NodeName, log: &mut Diagnostics| -> Option<Answer> {
         let row: CachedNode = cache.load(node, &settings.prefix, now).ok()??;
         let age = row.age(now);

@@ -173,8 +173,8 @@ pub async fn run(cli: &Cli, settings: &Settings) -> anyhow::Result<u8> {
         framed_stdin: !tty,
         term: tty.then(|| std::env::var("TERM").unwrap_or_else(|_| "xterm".into())),
         window: tty
-            .then(|| crossterm::terminal::size().ok())
-            .flatten()
+            .then(crossterm::terminal::size)
+            .and_then(Result::ok)
             .map(|(cols, rows)| (rows, cols)),
         command: cli.remote_command.clone(),
     };
@@ -401,7 +401,7 @@ async fn check_node_ready(client: &Client, node: &str) -> anyhow::Result<Option<
 
 /// Whether a Ready=False condition names nothing but the runtime's network (the kubelet reports
 /// e.g. "runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady ...").
-pub fn only_network_down(condition: &NodeCondition) -> bool {
+fn only_network_down(condition: &NodeCondition) -> bool {
     let message = condition.message.as_deref().unwrap_or_default();
     message.starts_with("runtime network not ready") && !message.contains("RuntimeReady=false")
 }

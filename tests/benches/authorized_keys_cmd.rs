@@ -29,23 +29,10 @@ fn p90(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() * 9 / 10]
 }
 
-/// Runs `cmd` `runs` times after 3 warm-up runs, checking each succeeds; returns the wall times.
+/// Runs the command `make` gives `runs` times after 3 warm-up runs, checking each succeeds;
+/// returns the wall times.
 fn time_runs(runs: usize, mut make: impl FnMut() -> Command) -> Vec<Duration> {
-    let mut samples = Vec::with_capacity(runs);
-    for i in 0..runs + 3 {
-        let mut cmd = make();
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let started = Instant::now();
-        let status = cmd.status().expect("run benchmark command");
-        let took = started.elapsed();
-        assert!(status.success(), "{cmd:?} failed");
-        if i >= 3 {
-            samples.push(took);
-        }
-    }
-    samples
+    time_interleaved(runs, &mut [&mut make]).remove(0)
 }
 
 /// The binary the node package ships: the static musl build that `scripts/bench` and
@@ -59,7 +46,8 @@ fn shipped_binary() -> PathBuf {
     if musl.is_file() { musl } else { glibc }
 }
 
-/// Like [`time_runs`] for several commands, run in turn (one of each per round).
+/// Like [`time_runs`] for several commands, run in turn (one of each per round), so that load
+/// changes on the machine hit them alike.
 fn time_interleaved(runs: usize, makers: &mut [&mut dyn FnMut() -> Command]) -> Vec<Vec<Duration>> {
     let mut samples = vec![Vec::with_capacity(runs); makers.len()];
     for round in 0..runs + 3 {
@@ -268,15 +256,7 @@ fn main() {
         Sshd::start(
             &scratch,
             name,
-            &KeySource::Command {
-                program: program.clone(),
-                args: vec![
-                    "--config".into(),
-                    config.display().to_string(),
-                    "%u".into(),
-                    "%f".into(),
-                ],
-            },
+            &KeySource::authorized_keys_cmd(program.clone(), config),
         )
     };
     let sshd_cached = sshd_cmd(&cached, "sshd-cached");

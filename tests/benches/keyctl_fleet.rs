@@ -4,6 +4,7 @@
 //!
 //! Run with `scripts/bench keyctl_fleet` (release binaries). `NODES=N` changes the fleet size.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,36 +35,26 @@ fn main() {
     assert!(ok);
     let public = private.with_extension("pub");
 
-    let keyctl = |args: &[&str]| {
-        let out = Command::new(workspace_bin("keyctl"))
+    // Runs `program --kubeconfig ADMIN ARGS...`, which must succeed.
+    let run_ok = |program: &Path, args: &[&str]| {
+        let out = Command::new(program)
             .arg("--kubeconfig")
             .arg(admin)
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
-            .expect("run keyctl");
+            .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
         assert!(
             out.status.success(),
-            "keyctl {args:?}: {}",
+            "{} {args:?}: {}",
+            program.display(),
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    let kubectl = |args: &[&str]| {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(admin)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("run kubectl");
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let keyctl_bin = workspace_bin("keyctl");
+    let keyctl = |args: &[&str]| run_ok(&keyctl_bin, args);
+    let kubectl = |args: &[&str]| run_ok(Path::new("kubectl"), args);
     let grants_on = |node: &str| -> usize {
         let out = Command::new("kubectl")
             .arg("--kubeconfig")

@@ -11,7 +11,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nodegate_testkit::kubelet::Kubelet;
-use nodegate_testkit::process::wait_until;
 use nodegate_testkit::{Cluster, workspace_bin, workspace_root};
 
 const HELPER_NAMESPACE: &str = "nodegate-system";
@@ -34,16 +33,7 @@ fn main() {
         std::fs::read_to_string(workspace_root().join("packaging/node-exec-namespace.yaml"))
             .expect("read the namespace manifest");
     cluster.apply(&namespace);
-    let has_account = wait_until(Duration::from_secs(60), || {
-        cluster
-            .kubectl(&["get", "serviceaccount", "default", "-n", HELPER_NAMESPACE])
-            .status
-            .success()
-    });
-    assert!(
-        has_account,
-        "no default ServiceAccount in {HELPER_NAMESPACE}"
-    );
+    cluster.wait_for_default_service_account(HELPER_NAMESPACE);
     let host = kubelet.spawn_in_node(
         "bench-host",
         &["unshare", "--uts", "--mount", "--fork"],

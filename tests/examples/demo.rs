@@ -56,15 +56,7 @@ fn main() {
     let sshd = Sshd::start(
         &node,
         "sshd",
-        &KeySource::Command {
-            program: program.clone(),
-            args: vec![
-                "--config".into(),
-                config.display().to_string(),
-                "%u".into(),
-                "%f".into(),
-            ],
-        },
+        &KeySource::authorized_keys_cmd(program.clone(), &config),
     );
     println!(
         "   sshd on 127.0.0.1:{}: AuthorizedKeysFile none; AuthorizedKeysCommand {} %u %f",

@@ -281,6 +281,17 @@ impl Cluster {
         );
     }
 
+    /// Waits until kube-controller-manager has made `namespace`'s default ServiceAccount (pods
+    /// cannot be created there before it exists).
+    pub fn wait_for_default_service_account(&self, namespace: &str) {
+        let made = wait_until(Duration::from_secs(60), || {
+            self.kubectl(&["get", "serviceaccount", "default", "-n", namespace])
+                .status
+                .success()
+        });
+        assert!(made, "no default ServiceAccount in {namespace}");
+    }
+
     /// Creates API-only Node objects (no kubelet behind them) with the given labels.
     pub fn create_nodes(&self, names: &[String], labels: &[(&str, &str)]) {
         let labels: serde_json::Map<String, serde_json::Value> = labels

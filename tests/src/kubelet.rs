@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use crate::cluster::{Cluster, kube_bin_dir};
 use crate::pki::Validity;
-use crate::process::{Daemon, Scratch, free_port, wait_until};
+use crate::process::{Daemon, Scratch, free_port, last_lines, wait_until};
 
 /// The node's name: it must resolve to 127.0.0.1 for the API server to reach the kubelet.
 pub const NODE_NAME: &str = "localhost";
@@ -227,16 +227,22 @@ impl Kubelet {
         kubelet
     }
 
-    fn wait_registered(&self, cluster: &Cluster) {
-        let runtime_up = wait_until(Duration::from_secs(120), || {
-            let out = cluster.kubectl(&[
+    /// The status of the node's Ready condition (`True`, `False`, `Unknown`), empty if unknown.
+    fn ready_status(&self, cluster: &Cluster) -> Vec<u8> {
+        cluster
+            .kubectl(&[
                 "get",
                 "node",
                 &self.node,
                 "-o",
                 "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ]);
-            out.status.success() && out.stdout == b"True"
+            ])
+            .stdout
+    }
+
+    fn wait_registered(&self, cluster: &Cluster) {
+        let runtime_up = wait_until(Duration::from_secs(120), || {
+            self.ready_status(cluster) == b"True"
         });
         assert!(
             runtime_up,
@@ -257,16 +263,20 @@ impl Kubelet {
         TEST_IMAGE
     }
 
-    /// containerd's socket, e.g. for `ctr -a SOCKET -n k8s.io ...`.
-    pub fn containerd_socket(&self) -> &Path {
-        &self.socket
+    /// Imports the OCI image archive `tarball` into the node's containerd, where pods with
+    /// `imagePullPolicy: Never` find it.
+    pub fn import_image(&self, tarball: &Path) {
+        run(Command::new("ctr")
+            .arg("-a")
+            .arg(&self.socket)
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(tarball));
     }
 
     /// The last `lines` lines of `containerd`'s or `kubelet`'s log.
     pub fn log_tail(&self, which: &str, lines: usize) -> String {
         let log = fs::read_to_string(self.scratch.join(format!("{which}.log"))).unwrap_or_default();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        last_lines(&log, lines)
     }
 
     /// Runs `command` inside the node's PID and mount namespaces (where `hostPID` pods look).
@@ -318,22 +328,14 @@ impl Kubelet {
     /// NetworkReady=false and the node goes NotReady, as with a broken network plugin) or brings
     /// it back, and waits until the node's Ready condition says so. Running pods go on.
     pub fn set_pod_network(&self, cluster: &Cluster, up: bool) {
-        let config = self.scratch.join("cni/conf/10-nodegate-test.conflist");
         if up {
             write_network_config(self.scratch.path());
         } else {
-            fs::remove_file(&config).expect("remove the CNI config");
+            fs::remove_file(network_config(self.scratch.path())).expect("remove the CNI config");
         }
         let want = if up { "True" } else { "False" };
         let changed = wait_until(Duration::from_secs(60), || {
-            let out = cluster.kubectl(&[
-                "get",
-                "node",
-                &self.node,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ]);
-            out.stdout == want.as_bytes()
+            self.ready_status(cluster) == want.as_bytes()
         });
         assert!(
             changed,
@@ -377,10 +379,15 @@ impl Kubelet {
     }
 }
 
+/// The node's CNI network config under the node's directory `dir`.
+fn network_config(dir: &Path) -> PathBuf {
+    dir.join("cni/conf/10-nodegate-test.conflist")
+}
+
 /// Writes the node's CNI network config (see [`Kubelet::set_pod_network`]).
 fn write_network_config(dir: &Path) {
     fs::write(
-        dir.join("cni/conf/10-nodegate-test.conflist"),
+        network_config(dir),
         r#"{"cniVersion": "0.4.0", "name": "nodegate-test", "plugins": [{"type": "loopback"}]}"#,
     )
     .expect("write the CNI config");
@@ -492,7 +499,7 @@ pub fn build_test_image(work: &Path, tarball: &Path) {
         .arg("."));
     let layer_digest = add_blob(&blobs, &fs::read(&layer).expect("read layer"));
     let config = serde_json::json!({
-        "architecture": "amd64",
+        "architecture": oci_architecture(),
         "os": "linux",
         // Also the pod sandbox image, which runs this Cmd for the pod's whole life: it must
         // block (a bare `sh` without stdin would exit at once and take every pod down).
@@ -536,6 +543,15 @@ pub fn build_test_image(work: &Path, tarball: &Path) {
         .arg("-cf")
         .arg(tarball)
         .args(["oci-layout", "index.json", "blobs"]));
+}
+
+/// This machine's architecture as OCI images name it (Go's GOARCH).
+fn oci_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
 }
 
 /// Stores `data` as a blob; returns its sha256 (hex) and size.

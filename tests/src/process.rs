@@ -180,15 +180,19 @@ impl Daemon {
 
     /// The last `lines` lines of the log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        last_lines(&self.log(), lines)
     }
 
     /// The daemon's name, as given to [`Scratch::spawn`].
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// The last `count` lines of `text`, for failure messages.
+pub fn last_lines(text: &str, count: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(count)..].join("\n")
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

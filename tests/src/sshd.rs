@@ -79,6 +79,22 @@ pub enum KeySource {
     File(PathBuf),
 }
 
+impl KeySource {
+    /// authorized-keys-cmd at `program` with `config`, as the node package's drop-in runs it
+    /// (`--config CONFIG %u %f`).
+    pub fn authorized_keys_cmd(program: PathBuf, config: &Path) -> KeySource {
+        KeySource::Command {
+            program,
+            args: vec![
+                "--config".into(),
+                config.display().to_string(),
+                "%u".into(),
+                "%f".into(),
+            ],
+        }
+    }
+}
+
 /// A running sshd on `127.0.0.1:port`.
 pub struct Sshd {
     /// The port.

@@ -112,15 +112,7 @@ impl<'c> NodeSetup<'c> {
         Sshd::start(
             &self.scratch,
             "sshd",
-            &KeySource::Command {
-                program,
-                args: vec![
-                    "--config".into(),
-                    self.config.display().to_string(),
-                    "%u".into(),
-                    "%f".into(),
-                ],
-            },
+            &KeySource::authorized_keys_cmd(program, &self.config),
         )
     }
 }

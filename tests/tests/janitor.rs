@@ -86,18 +86,7 @@ fn janitor_pod_removes_expired_grants_with_its_own_service_account() {
         "build-janitor-image failed: {}",
         String::from_utf8_lossy(&built.stderr)
     );
-    let import = Command::new("ctr")
-        .arg("-a")
-        .arg(kubelet.containerd_socket())
-        .args(["-n", "k8s.io", "images", "import"])
-        .arg(&tarball)
-        .output()
-        .expect("run ctr");
-    assert!(
-        import.status.success(),
-        "ctr images import failed: {}",
-        String::from_utf8_lossy(&import.stderr)
-    );
+    kubelet.import_image(&tarball);
 
     // Nodes the janitor is told to look after (by label), and one it must leave alone.
     let run = format!("r{}", std::process::id());

@@ -103,8 +103,8 @@ roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: nodegat
 subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: viewers}}]
 "#
         ));
-        wait_for_service_account(cluster, APPS);
-        wait_for_service_account(cluster, "nodegate-system");
+        cluster.wait_for_default_service_account(APPS);
+        cluster.wait_for_default_service_account("nodegate-system");
         cluster.apply(&format!(
             r#"
 apiVersion: v1
@@ -140,16 +140,6 @@ spec:
             home,
         }
     }
-}
-
-fn wait_for_service_account(cluster: &Cluster, namespace: &str) {
-    let made = wait_until(Duration::from_secs(60), || {
-        cluster
-            .kubectl(&["get", "serviceaccount", "default", "-n", namespace])
-            .status
-            .success()
-    });
-    assert!(made, "no default ServiceAccount in {namespace}");
 }
 
 /// A kubeconfig for `user` in `groups`.
@@ -628,7 +618,7 @@ roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: nodegat
 subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: {OPERATORS}}}]
 "#
     ));
-    wait_for_service_account(cluster, "gc-helpers");
+    cluster.wait_for_default_service_account("gc-helpers");
     let me = operator("gc-op");
     let helper_ns = ["--helper-namespace", "gc-helpers"];
     // A session killed outright (SIGKILL) cannot clean up: its pod stays.
