@@ -14,6 +14,9 @@ use crate::kubeconfig::{ClientAuth, NodeCredentials};
 /// metadata (labels, managed fields) or, without metadata-only support, its status, fit easily.
 pub const MAX_RESPONSE_LEN: u64 = 4 * 1024 * 1024;
 
+/// Largest error body read (a Kubernetes Status is a few hundred bytes).
+const MAX_STATUS_LEN: u64 = 64 * 1024;
+
 /// Ask for metadata only; servers that cannot do that answer with the full Node.
 const ACCEPT: &str =
     "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
@@ -58,7 +61,8 @@ pub enum ApiError {
         /// The Node asked for.
         node: String,
     },
-    /// The Node does not exist (404).
+    /// The Node does not exist: a 404 whose body is the API server's own Status saying so for
+    /// exactly this Node. That is an answer (no Node, no grants), not an outage.
     #[error("Node {node} does not exist (404); check node_name or the kubelet's registration")]
     NotFound {
         /// The Node asked for.
@@ -81,6 +85,49 @@ pub enum ApiError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl ApiError {
+    /// Whether this is the API being unavailable (slow, unreachable, broken), as opposed to an
+    /// answer about the node or its credentials. Only such failures are remembered for
+    /// `api_backoff`: they are the ones that make every invocation wait.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout { .. }
+                | Self::Unreachable { .. }
+                | Self::Status { .. }
+                | Self::TooLarge
+                | Self::BadAnswer { .. }
+        )
+    }
+}
+
+#[derive(Deserialize)]
+struct StatusBody {
+    kind: Option<String>,
+    reason: Option<String>,
+    details: Option<StatusDetails>,
+}
+
+#[derive(Deserialize)]
+struct StatusDetails {
+    name: Option<String>,
+    kind: Option<String>,
+}
+
+/// Whether a 404 body is the API server's Status for this very Node being absent. Anything
+/// else answering 404 (a proxy, a wrong server URL, a path the server does not serve) is not
+/// an answer about the Node.
+pub fn is_node_not_found(body: &[u8], node: &NodeName) -> bool {
+    let Ok(status) = serde_json::from_slice::<StatusBody>(body) else {
+        return false;
+    };
+    let details = status.details.as_ref();
+    status.kind.as_deref() == Some("Status")
+        && status.reason.as_deref() == Some("NotFound")
+        && details.and_then(|d| d.kind.as_deref()) == Some("nodes")
+        && details.and_then(|d| d.name.as_deref()) == Some(node.as_str())
 }
 
 /// The grant-relevant part of a Node: its annotations under the prefix.
@@ -232,8 +279,21 @@ pub fn fetch_node_annotations(
             });
         }
         404 => {
-            return Err(ApiError::NotFound {
-                node: node.to_string(),
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(MAX_STATUS_LEN)
+                .read_to_vec()
+                .map_err(transport)?;
+            return Err(if is_node_not_found(&body, node) {
+                ApiError::NotFound {
+                    node: node.to_string(),
+                }
+            } else {
+                ApiError::Status {
+                    status: 404,
+                    node: node.to_string(),
+                }
             });
         }
         status => {
@@ -271,6 +331,26 @@ mod tests {
         assert_eq!(found.annotations.len(), 1);
         assert_eq!(found.annotations["ssh.nodegate.dev/g.root.00"], "v");
         assert_eq!(found.not_strings, vec!["ssh.nodegate.dev/g.root.01"]);
+    }
+
+    #[test]
+    fn a_404_is_an_answer_only_from_the_api_server_about_this_node() {
+        let status = |kind: &str, name: &str| {
+            format!(
+                r#"{{"kind":"Status","apiVersion":"v1","status":"Failure","message":"nodes \"{name}\" not found","reason":"NotFound","details":{{"name":"{name}","kind":"{kind}"}},"code":404}}"#
+            )
+        };
+        assert!(is_node_not_found(status("nodes", "n1").as_bytes(), &node()));
+        assert!(!is_node_not_found(
+            status("nodes", "n2").as_bytes(),
+            &node()
+        ));
+        assert!(!is_node_not_found(status("pods", "n1").as_bytes(), &node()));
+        assert!(!is_node_not_found(b"404 page not found", &node()));
+        assert!(!is_node_not_found(
+            br#"{"kind":"Status","reason":"NotFound"}"#,
+            &node()
+        ));
     }
 
     #[test]

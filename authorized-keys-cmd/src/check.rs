@@ -9,6 +9,8 @@ use chrono::Utc;
 use nodegate_core::NodeGrants;
 
 use crate::api;
+use crate::cache::Inspection;
+use crate::clock::Moment;
 use crate::config::{DEFAULT_CONFIG_PATH, Settings, locate_kubeconfig};
 use crate::perms;
 use crate::serve::{load_credentials, node_name};
@@ -128,10 +130,11 @@ pub fn diagnose(settings: Result<&Settings, String>, sshd: &SshdLocation) -> Rep
     match &settings.config_file {
         Some(p) => report.ok(format!("configuration read from {}", p.display())),
         None => report.ok(format!(
-            "no {DEFAULT_CONFIG_PATH}: using the defaults (freshness {}, deadline {}, max_stale {})",
+            "no {DEFAULT_CONFIG_PATH}: using the defaults (freshness {}, deadline {}, max_stale {}, api_backoff {})",
             humantime::format_duration(settings.freshness),
             humantime::format_duration(settings.deadline),
-            humantime::format_duration(settings.max_stale)
+            humantime::format_duration(settings.max_stale),
+            humantime::format_duration(settings.api_backoff)
         )),
     }
     check_api(&mut report, settings);
@@ -357,8 +360,69 @@ fn check_api(report: &mut Report, settings: &Settings) {
 
 fn check_cache(report: &mut Report, settings: &Settings) {
     let path: &Path = &settings.cache;
+    let max_stale = humantime::format_duration(settings.max_stale);
+    report.ok(format!(
+        "while the API cannot answer, cached grants are served for up to {max_stale} (max_stale): a key revoked meanwhile keeps working on this node until it reaches the API again or the cache is {max_stale} old; each grant's own expiry still applies"
+    ));
     match crate::cache::inspect(path) {
-        Ok(state) => report.ok(format!("cache {} {state}", path.display())),
+        Ok(Inspection::Missing) => report.ok(format!(
+            "cache {} does not exist yet (created on the first login)",
+            path.display()
+        )),
+        Ok(Inspection::Empty) => report.ok(format!(
+            "cache {} is empty (initialised on the next login)",
+            path.display()
+        )),
+        Ok(Inspection::Healthy { owner, entries }) => {
+            report.ok(format!(
+                "cache {} is healthy, owned by uid {owner}; {}",
+                path.display(),
+                if entries.is_empty() {
+                    "no entries yet"
+                } else {
+                    "entries:"
+                }
+            ));
+            let now = Moment::now();
+            for entry in entries {
+                let Some(stamp) = entry.stamp else {
+                    report.warn(
+                        format!(
+                            "cache entry of Node {} ({}) holds an impossible time",
+                            entry.node, entry.prefix
+                        ),
+                        "it is never served; the next read from the API replaces it",
+                    );
+                    continue;
+                };
+                let read_at = stamp.wall.to_rfc3339();
+                match crate::policy::row_age(&stamp, &now).known() {
+                    Some(age) if age <= settings.max_stale => report.ok(format!(
+                        "Node {} ({}) read at {read_at}, {} ago: served during an outage for {} more",
+                        entry.node,
+                        entry.prefix,
+                        humantime::format_duration(Duration::from_secs(age.as_secs())),
+                        humantime::format_duration(Duration::from_secs(
+                            (settings.max_stale - age).as_secs()
+                        ))
+                    )),
+                    Some(_) => report.warn(
+                        format!(
+                            "Node {} ({}) read at {read_at}: older than max_stale, not served during an outage",
+                            entry.node, entry.prefix
+                        ),
+                        "the next successful read from the API renews it",
+                    ),
+                    None => report.warn(
+                        format!(
+                            "Node {} ({}) read at {read_at}, which is in the future: not served during an outage",
+                            entry.node, entry.prefix
+                        ),
+                        "check the clock (timedatectl); the next read from the API replaces it",
+                    ),
+                }
+            }
+        }
         Err(e) => report.problem(
             format!("cache {}: {e}", path.display()),
             format!(

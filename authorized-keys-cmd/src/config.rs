@@ -17,7 +17,15 @@ pub const DEFAULT_FRESHNESS: Duration = Duration::from_secs(5);
 /// Default overall deadline for asking the API (connect, TLS, request and response).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(1500);
 /// Default longest age of cached grants that may still be served when the API cannot answer.
-pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// It is also how long a key revoked during a network partition can keep logging in on a node
+/// that cannot reach the API: a day covers a long incident and a shift change, and bounds that
+/// (docs/threat-model.md explains the choice).
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(24 * 3600);
+/// Default time the API is not asked again after it failed to answer (timeout, unreachable, a
+/// broken server): sshd runs the command several times per login.
+pub const DEFAULT_API_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest `api_backoff` accepted: it delays noticing that the API is back.
+pub const MAX_API_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Kubeconfigs tried in order when none is configured: what packaging re-exports for the
 /// command's dedicated user, then where kubeadm, EKS/GKE-style images, k3s and RKE2 keep the
@@ -88,8 +96,10 @@ pub struct ConfigFile {
     pub freshness: Option<String>,
     /// Overall API deadline, e.g. `"1500ms"`.
     pub deadline: Option<String>,
-    /// Longest age of cached grants served during an outage, e.g. `"7d"`.
+    /// Longest age of cached grants served during an outage, e.g. `"24h"`.
     pub max_stale: Option<String>,
+    /// How long the API is not asked again after it failed to answer, e.g. `"10s"`.
+    pub api_backoff: Option<String>,
 }
 
 /// Values given on the command line; they win over the config file.
@@ -126,9 +136,20 @@ pub struct Settings {
     pub deadline: Duration,
     /// Longest age of cached grants served when the API cannot answer.
     pub max_stale: Duration,
+    /// How long the API is not asked again after it failed to answer.
+    pub api_backoff: Duration,
 }
 
 impl Settings {
+    /// The settings the login policy decides by.
+    pub fn policy(&self) -> crate::policy::Policy {
+        crate::policy::Policy {
+            freshness: self.freshness,
+            max_stale: self.max_stale,
+            api_backoff: self.api_backoff,
+        }
+    }
+
     /// Reads the config file (the `--config` one, which must exist, or the default one, which
     /// may be absent) and applies the overrides.
     pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
@@ -172,6 +193,17 @@ impl Settings {
         let freshness = duration_setting("freshness", file.freshness, DEFAULT_FRESHNESS)?;
         let deadline = duration_setting("deadline", file.deadline, DEFAULT_DEADLINE)?;
         let max_stale = duration_setting("max_stale", file.max_stale, DEFAULT_MAX_STALE)?;
+        let api_backoff = duration_setting("api_backoff", file.api_backoff, DEFAULT_API_BACKOFF)?;
+        if api_backoff > MAX_API_BACKOFF {
+            return Err(ConfigError::Duration {
+                setting: "api_backoff",
+                value: humantime::format_duration(api_backoff).to_string(),
+                problem: format!(
+                    "must be at most {} (logins would not notice the API is back for that long)",
+                    humantime::format_duration(MAX_API_BACKOFF)
+                ),
+            });
+        }
         if deadline < Duration::from_millis(50) || deadline > Duration::from_secs(30) {
             return Err(ConfigError::Duration {
                 setting: "deadline",
@@ -199,6 +231,7 @@ impl Settings {
             freshness,
             deadline,
             max_stale,
+            api_backoff,
         })
     }
 }

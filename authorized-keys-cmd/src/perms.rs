@@ -35,6 +35,16 @@ pub enum UnsafePath {
         /// Its permission bits.
         mode: u32,
     },
+    /// A symbolic link where a file of this command's own must be: writing through it would
+    /// write wherever it points.
+    #[error(
+        "{} is a symbolic link; refusing to follow it. Fix: remove it (the cache is rebuilt from the API)",
+        path.display()
+    )]
+    Symlink {
+        /// The refused path.
+        path: PathBuf,
+    },
     /// The metadata could not be read.
     #[error("cannot inspect {}: {source}", path.display())]
     Io {
@@ -61,7 +71,12 @@ fn inspect(path: &Path) -> Result<fs::Metadata, UnsafePath> {
 /// Checks that `path` (following symlinks) is owned by root or by this command's user and that
 /// neither group nor others may write it.
 pub fn check_trusted(path: &Path) -> Result<(), UnsafePath> {
-    let meta = inspect(path)?;
+    check_trusted_metadata(path, &inspect(path)?)
+}
+
+/// [`check_trusted`] on metadata already read, e.g. from an open file (`File::metadata`), so
+/// that what is checked is what was opened.
+pub fn check_trusted_metadata(path: &Path, meta: &fs::Metadata) -> Result<(), UnsafePath> {
     let me = effective_uid();
     if meta.uid() != 0 && meta.uid() != me {
         return Err(UnsafePath::Owner {

@@ -2,22 +2,22 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use nodegate_core::{AnnotationPrefix, LoginUser, NodeGrants};
 
-use crate::api::{self, PrefixedAnnotations};
-use crate::cache::{Cache, CachedNode};
+use crate::api::{self, ApiError, PrefixedAnnotations};
+use crate::cache::{Cache, CacheError, CachedNode, RecordedFailure};
+use crate::clock::Moment;
 use crate::config::{NodeName, Settings, locate_kubeconfig};
 use crate::diag::Diagnostics;
 use crate::kubeconfig::{KubeconfigError, NodeCredentials};
-
-/// How long a cached answer without any key for the request is served without asking the API
-/// (when shorter than the freshness window). Short, so that a login right after a grant works
-/// (`keyctl grant` then `ssh`), yet a flood of unknown keys offered before authentication costs
-/// at most ten API reads per second.
-pub const MISS_FRESHNESS: Duration = Duration::from_millis(100);
+use crate::policy::{
+    self, BeforeApi, CacheOffer, CachedFacts, RecentFailure, Refusal, Stamp, WithoutApi,
+};
 
 /// Where the grants that were served came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,8 @@ pub enum Source {
         /// Age of the cached answer.
         age: Duration,
     },
+    /// The API answered that the Node does not exist: no grants.
+    NodeGone,
     /// Nothing was looked up: the login user cannot have grants.
     NotLookedUp,
 }
@@ -47,6 +49,7 @@ impl fmt::Display for Source {
             Self::StaleCache { age } => {
                 write!(f, "cache (API unavailable, age {})", secs(age))
             }
+            Self::NodeGone => f.write_str("api (the Node does not exist)"),
             Self::NotLookedUp => f.write_str("none"),
         }
     }
@@ -87,6 +90,16 @@ pub enum LookupError {
         age: Duration,
         /// The configured limit.
         max_stale: Duration,
+    },
+    /// The API could not answer and the cached grants' age cannot be told.
+    #[error(
+        "the API could not answer ({api}) and the cached grants cannot be trusted: {why}; failing closed"
+    )]
+    AgeUnknown {
+        /// Why the API failed.
+        api: String,
+        /// Why the age cannot be told.
+        why: String,
     },
     /// The node to read is unknown.
     #[error("cannot tell which Node this is: {0}")]
@@ -129,6 +142,9 @@ pub fn authorized_keys_lines(
 }
 
 /// Answers for `user_text` (sshd's `%u`) and optionally `fingerprint` (sshd's `%f`).
+///
+/// The IO around [`policy`]: reads the cache, decides, asks the API if the policy says so,
+/// stores or records what the API said, and decides again when it failed.
 pub fn lookup(
     settings: &Settings,
     user_text: &str,
@@ -149,129 +165,267 @@ pub fn lookup(
             });
         }
     };
-    let now = Utc::now();
-    let cache = open_cache(settings, log);
+    let now = Moment::now();
+    let policy = settings.policy();
+    let prefix = &settings.prefix;
+    let mut cache = open_cache(settings, log);
+    let kubeconfig = locate_kubeconfig(settings.kubeconfig.as_deref());
+    let credentials_now = kubeconfig.as_deref().and_then(credentials_stamp);
     let answer = |annotations: &BTreeMap<String, String>, source: Source, log: &mut Diagnostics| {
         let report = matches!(source, Source::Api).then_some(log);
-        let (lines, fingerprints) = authorized_keys_lines(
-            &settings.prefix,
-            annotations,
-            &user,
-            fingerprint,
-            now,
-            report,
-        );
+        let (lines, fingerprints) =
+            authorized_keys_lines(prefix, annotations, &user, fingerprint, now.wall, report);
         Answer {
             lines,
             fingerprints,
             source,
         }
     };
-    // Within the freshness window the API is not asked: sshd may call several times per login.
-    // A cached "yes" is trusted for the whole window (so revocation takes effect within it); a
-    // cached "no" only for MISS_FRESHNESS.
-    let fresh = |cache: &Cache, node: &NodeName, log: &mut Diagnostics| -> Option<Answer> {
-        let row: CachedNode = cache.load(node, &settings.prefix, now).ok()??;
-        let age = row.age(now);
-        if age >= settings.freshness {
-            return None;
-        }
-        let cached = answer(&row.annotations, Source::FreshCache { age }, log);
-        (!cached.lines.is_empty() || age < MISS_FRESHNESS).then_some(cached)
+    // What the cache says for `node`, and what the policy makes of it before the API.
+    let consult = |cache: &mut Option<Cache>, node: &NodeName, log: &mut Diagnostics| {
+        let Some(cache) = cache.as_mut() else {
+            return (None, BeforeApi::AskApi);
+        };
+        let row = log_cache_result(cache, log, |c| c.load(node, prefix)).flatten();
+        let failure = log_cache_result(cache, log, |c| c.last_failure(node, prefix)).flatten();
+        let facts = row.as_ref().map(|row| CachedFacts {
+            age: policy::row_age(&row.stamp, &now),
+            serves_keys: !answer(&row.annotations, Source::NotLookedUp, log)
+                .lines
+                .is_empty(),
+            same_credentials: same_credentials(&row.credentials, credentials_now.as_deref()),
+        });
+        let failure = failure.map(|f| RecentFailure {
+            ago: match (&now.boot, &f.stamp.boot) {
+                (Some(now), Some(then)) => now.since(then),
+                _ => None,
+            },
+            same_credentials: same_credentials(&f.credentials, credentials_now.as_deref()),
+            reason: f.reason,
+        });
+        let decision = policy::before_api(facts.as_ref(), failure.as_ref(), &policy);
+        (row, decision)
     };
 
-    // Without a configured name, the fresh check uses the one node the cache holds (only this
-    // node's own API reads are stored there): that spares parsing the kubeconfig and the
-    // certificate on the hot path, about a third of a cached answer's time.
-    let cached_node = match (&settings.node_name, &cache) {
+    // The node named by the configuration, or the one the cache holds (only this node's own
+    // reads are stored there): when its row is fresh and was read with these very credentials,
+    // the kubeconfig and certificate need not even be parsed, about a third of the time.
+    let fast_node = match (&settings.node_name, cache.as_mut()) {
         (Some(node), _) => Some(node.clone()),
-        (None, Some(cache)) => cache.only_node(&settings.prefix).ok().flatten(),
+        (None, Some(cache)) => cache.only_node(prefix).ok().flatten(),
         (None, None) => None,
     };
-    if let (Some(cache), Some(node)) = (&cache, &cached_node)
-        && let Some(cached) = fresh(cache, node, log)
-    {
-        return Ok(cached);
-    }
-
-    let credentials = load_credentials(settings);
-    let node = match &credentials {
-        Ok(creds) => node_name(settings, creds).map_err(LookupError::UnknownNode)?,
-        Err(e) => match (&settings.node_name, &cache) {
-            (Some(node), _) => node.clone(),
-            (None, Some(cache)) => cache
-                .only_node(&settings.prefix)
-                .ok()
-                .flatten()
-                .ok_or_else(|| LookupError::UnknownNode(e.to_string()))?,
-            (None, None) => return Err(LookupError::UnknownNode(e.to_string())),
-        },
-    };
-    if cached_node.as_ref() != Some(&node)
-        && let Some(cache) = &cache
-        && let Some(cached) = fresh(cache, &node, log)
-    {
-        return Ok(cached);
-    }
-
-    let api_result = credentials.map_err(|e| e.to_string()).and_then(|creds| {
-        if let Some(Ok(identity)) = creds.identity()
-            && !identity.is_valid_at(now)
-        {
-            log.warn(format_args!(
-                "the node's client certificate ({}) is valid only from {} to {}; the API will likely refuse it",
-                creds.source.display(),
-                identity.not_before,
-                identity.not_after
+    let mut consulted = None;
+    if let Some(node) = fast_node {
+        let (row, decision) = consult(&mut cache, &node, log);
+        if let (BeforeApi::ServeFresh { age }, Some(row)) = (&decision, &row) {
+            return Ok(answer(
+                &row.annotations,
+                Source::FreshCache { age: *age },
+                log,
             ));
         }
-        let remaining = settings.deadline.saturating_sub(started.elapsed());
-        api::fetch_node_annotations(&creds, &node, &settings.prefix, remaining)
-            .map_err(|e| e.to_string())
-    });
-    match api_result {
-        Ok(found) => {
-            report_not_strings(&found, log);
-            if let Some(cache) = &cache
-                && let Err(e) = cache.store(&node, &settings.prefix, &found.annotations, now)
-            {
-                log.warn(format_args!("could not update the cache: {e}"));
-            }
-            Ok(answer(&found.annotations, Source::Api, log))
-        }
-        Err(api) => {
-            let Some(cache) = &cache else {
-                return Err(LookupError::NoSource {
-                    api,
-                    cache: "the cache is unavailable".into(),
-                });
+        consulted = Some((node, row, decision));
+    }
+
+    // Skipping the API needs no credentials: the node is the one whose failure was recorded.
+    let (node, row, decision, credentials) = match consulted {
+        Some((node, row, decision @ BeforeApi::SkipApi { .. })) => (node, row, decision, None),
+        consulted => {
+            let credentials = load_credentials(settings);
+            let node = match &credentials {
+                Ok(creds) => node_name(settings, creds).map_err(LookupError::UnknownNode)?,
+                Err(e) => match (&settings.node_name, cache.as_mut()) {
+                    (Some(node), _) => node.clone(),
+                    (None, Some(cache)) => cache
+                        .only_node(prefix)
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| LookupError::UnknownNode(e.to_string()))?,
+                    (None, None) => return Err(LookupError::UnknownNode(e.to_string())),
+                },
             };
-            match cache.load(&node, &settings.prefix, now) {
-                Ok(Some(row)) if row.age(now) <= settings.max_stale => {
-                    log.warn(format_args!(
-                        "serving cached grants of Node {node}: the API could not answer: {api}"
-                    ));
-                    Ok(answer(
-                        &row.annotations,
-                        Source::StaleCache { age: row.age(now) },
+            let (row, decision) = match consulted {
+                Some((consulted_node, row, decision)) if consulted_node == node => (row, decision),
+                _ => consult(&mut cache, &node, log),
+            };
+            if let (BeforeApi::ServeFresh { age }, Some(row)) = (&decision, &row) {
+                return Ok(answer(
+                    &row.annotations,
+                    Source::FreshCache { age: *age },
+                    log,
+                ));
+            }
+            (node, row, decision, Some(credentials))
+        }
+    };
+
+    let api_failure = match (decision, credentials) {
+        (BeforeApi::SkipApi { failed_ago, reason }, _) => format!(
+            "it failed {:.1}s ago and is not asked again for {}: {reason}",
+            failed_ago.as_secs_f64(),
+            humantime::format_duration(policy.api_backoff)
+        ),
+        (_, Some(Err(e))) => e.to_string(),
+        (_, Some(Ok(creds))) => {
+            warn_if_certificate_invalid(&creds, now.wall, log);
+            let sent = Moment::now();
+            let sent_at = Instant::now();
+            let remaining = settings.deadline.saturating_sub(started.elapsed());
+            match api::fetch_node_annotations(&creds, &node, prefix, remaining) {
+                Ok(found) => {
+                    report_not_strings(&found, log);
+                    store(
+                        &mut cache,
+                        &node,
+                        settings,
+                        found.annotations.clone(),
+                        &sent,
+                        credentials_now.as_deref(),
                         log,
-                    ))
+                    );
+                    return Ok(answer(&found.annotations, Source::Api, log));
                 }
-                Ok(Some(row)) => Err(LookupError::TooStale {
-                    api,
-                    age: row.age(now),
-                    max_stale: settings.max_stale,
-                }),
-                Ok(None) => Err(LookupError::NoSource {
-                    api,
-                    cache: format!("none for Node {node}"),
-                }),
-                Err(e) => Err(LookupError::NoSource {
-                    api,
-                    cache: e.to_string(),
-                }),
+                Err(ApiError::NotFound { .. }) => {
+                    log.warn(format_args!(
+                        "Node {node} does not exist (the API answered 404): no grants; the cache now says so too"
+                    ));
+                    store(
+                        &mut cache,
+                        &node,
+                        settings,
+                        BTreeMap::new(),
+                        &sent,
+                        credentials_now.as_deref(),
+                        log,
+                    );
+                    return Ok(answer(&BTreeMap::new(), Source::NodeGone, log));
+                }
+                Err(e) => {
+                    if policy::remember_failure(e.is_outage(), sent_at.elapsed(), remaining)
+                        && let Some(cache) = cache.as_mut()
+                    {
+                        let failure = RecordedFailure {
+                            stamp: Stamp::from(&sent),
+                            credentials: credentials_now.clone().unwrap_or_default(),
+                            reason: e.to_string(),
+                        };
+                        log_cache_result(cache, log, |c| c.record_failure(&node, prefix, &failure));
+                    }
+                    e.to_string()
+                }
             }
         }
+        (_, None) => unreachable!("credentials are loaded unless the API is skipped"),
+    };
+
+    let offer = match (&cache, &row) {
+        (None, _) => CacheOffer::Unavailable("the cache is unavailable".into()),
+        (Some(_), Some(row)) => CacheOffer::Row(policy::row_age(&row.stamp, &now)),
+        (Some(_), None) => CacheOffer::NoRow,
+    };
+    match policy::when_api_fails(&offer, &policy) {
+        WithoutApi::ServeStale { age } => {
+            log.warn(format_args!(
+                "serving cached grants of Node {node}: the API could not answer: {api_failure}"
+            ));
+            let row = row.expect("a stale answer comes from a row");
+            Ok(answer(&row.annotations, Source::StaleCache { age }, log))
+        }
+        WithoutApi::FailClosed(refusal) => Err(match refusal {
+            Refusal::NoCachedAnswer(why) => LookupError::NoSource {
+                api: api_failure,
+                cache: if matches!(offer, CacheOffer::NoRow) {
+                    format!("none for Node {node}")
+                } else {
+                    why
+                },
+            },
+            Refusal::TooStale { age } => LookupError::TooStale {
+                api: api_failure,
+                age,
+                max_stale: settings.max_stale,
+            },
+            Refusal::AgeUnknown(why) => LookupError::AgeUnknown {
+                api: api_failure,
+                why,
+            },
+        }),
+    }
+}
+
+/// Identifies the credentials in use by their kubeconfig file (path, device, inode, size,
+/// modification time). A cached answer is fresh only when read with the same, unchanged file:
+/// whatever was checked about the node's identity when it was read still holds then.
+pub fn credentials_stamp(kubeconfig: &Path) -> Option<String> {
+    let m = std::fs::metadata(kubeconfig).ok()?;
+    Some(format!(
+        "{}|{}:{}:{}:{}.{}",
+        kubeconfig.display(),
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
+}
+
+fn same_credentials(recorded: &str, now: Option<&str>) -> bool {
+    now.is_some_and(|now| !recorded.is_empty() && recorded == now)
+}
+
+/// Logs a cache error (a locked cache, say) and goes on without the result.
+fn log_cache_result<T>(
+    cache: &mut Cache,
+    log: &mut Diagnostics,
+    op: impl FnOnce(&mut Cache) -> Result<T, CacheError>,
+) -> Option<T> {
+    let result = op(cache);
+    for replaced in cache.take_replacements() {
+        log.warn(replaced);
+    }
+    match result {
+        Ok(value) => Some(value),
+        Err(e) => {
+            log.warn(format_args!("{e}"));
+            None
+        }
+    }
+}
+
+fn store(
+    cache: &mut Option<Cache>,
+    node: &NodeName,
+    settings: &Settings,
+    annotations: BTreeMap<String, String>,
+    sent: &Moment,
+    credentials: Option<&str>,
+    log: &mut Diagnostics,
+) {
+    let Some(cache) = cache.as_mut() else { return };
+    let row = CachedNode {
+        annotations,
+        stamp: Stamp::from(sent),
+        credentials: credentials.unwrap_or_default().to_owned(),
+    };
+    if let Err(e) = cache.store(node, &settings.prefix, &row) {
+        log.warn(format_args!("could not update the cache: {e}"));
+    }
+    for replaced in cache.take_replacements() {
+        log.warn(replaced);
+    }
+}
+
+fn warn_if_certificate_invalid(creds: &NodeCredentials, now: DateTime<Utc>, log: &mut Diagnostics) {
+    if let Some(Ok(identity)) = creds.identity()
+        && !identity.is_valid_at(now)
+    {
+        log.warn(format_args!(
+            "the node's client certificate ({}) is valid only from {} to {}; the API will likely refuse it",
+            creds.source.display(),
+            identity.not_before,
+            identity.not_after
+        ));
     }
 }
 
@@ -287,11 +441,16 @@ fn report_not_strings(found: &PrefixedAnnotations, log: &mut Diagnostics) {
 pub fn open_cache(settings: &Settings, log: &mut Diagnostics) -> Option<Cache> {
     let busy = (settings.deadline / 3).min(Duration::from_millis(500));
     match Cache::open(&settings.cache, busy) {
-        Ok((cache, notes)) => {
-            if let Some(replaced) = notes.replaced {
+        Ok(mut cache) => {
+            for replaced in cache.take_replacements() {
                 log.warn(replaced);
             }
             Some(cache)
+        }
+        // Someone else holds it (a backup, a sqlite3 session): nothing is wrong with the file.
+        Err(e @ CacheError::Busy { .. }) => {
+            log.warn(e);
+            None
         }
         Err(e) => {
             log.error(format_args!("{e}; continuing without the cache"));
@@ -330,17 +489,23 @@ pub fn node_name(settings: &Settings, credentials: &NodeCredentials) -> Result<N
 
 /// `refresh`: reads the Node from the API and stores it in the cache.
 pub fn refresh(settings: &Settings, log: &mut Diagnostics) -> Result<String, String> {
+    let kubeconfig = locate_kubeconfig(settings.kubeconfig.as_deref());
+    let credentials = kubeconfig.as_deref().and_then(credentials_stamp);
     let creds = load_credentials(settings).map_err(|e| e.to_string())?;
     let node = node_name(settings, &creds)?;
-    let found = api::fetch_node_annotations(&creds, &node, &settings.prefix, settings.deadline)
-        .map_err(|e| e.to_string())?;
-    report_not_strings(&found, log);
+    let sent = Moment::now();
+    let (annotations, gone) =
+        match api::fetch_node_annotations(&creds, &node, &settings.prefix, settings.deadline) {
+            Ok(found) => {
+                report_not_strings(&found, log);
+                (found.annotations, false)
+            }
+            Err(ApiError::NotFound { .. }) => (BTreeMap::new(), true),
+            Err(e) => return Err(e.to_string()),
+        };
     let grants = NodeGrants::scan(
         &settings.prefix,
-        found
-            .annotations
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str())),
+        annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
     for invalid in &grants.invalid {
         log.warn(format_args!(
@@ -348,18 +513,31 @@ pub fn refresh(settings: &Settings, log: &mut Diagnostics) -> Result<String, Str
             settings.prefix, invalid.name, invalid.error
         ));
     }
-    let cache = Cache::open(&settings.cache, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    if let Some(replaced) = cache.1.replaced {
+    let mut cache = match Cache::open(&settings.cache, Duration::from_secs(5)) {
+        Ok(cache) => Some(cache),
+        Err(e) => return Err(e.to_string()),
+    };
+    let invalid = grants.invalid.len();
+    let valid = grants.valid.len();
+    let row = CachedNode {
+        annotations,
+        stamp: Stamp::from(&sent),
+        credentials: credentials.unwrap_or_default(),
+    };
+    let open = cache.as_mut().expect("opened above");
+    for replaced in open.take_replacements() {
         log.warn(replaced);
     }
-    cache
-        .0
-        .store(&node, &settings.prefix, &found.annotations, Utc::now())
+    open.store(&node, &settings.prefix, &row)
         .map_err(|e| e.to_string())?;
+    if gone {
+        return Ok(format!(
+            "Node {node} does not exist (the API answered 404): the cache {} now holds no grants for it",
+            settings.cache.display()
+        ));
+    }
     Ok(format!(
-        "refreshed the cache {} from Node {node}: {} valid grants, {} invalid annotations",
+        "refreshed the cache {} from Node {node}: {valid} valid grants, {invalid} invalid annotations",
         settings.cache.display(),
-        grants.valid.len(),
-        grants.invalid.len() + found.not_strings.len()
     ))
 }

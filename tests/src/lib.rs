@@ -26,12 +26,19 @@ use std::path::PathBuf;
 /// the running test. Binaries of the test's own package are better found via
 /// `env!("CARGO_BIN_EXE_<name>")`; this is for the others.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current test executable");
-    // target/<profile>/deps/<test>-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
+    // NODEGATE_BIN_DIR runs the tests against other builds of the binaries, e.g. an older
+    // commit's, to show that a new test fails there.
+    let profile_dir = match std::env::var_os("NODEGATE_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("current test executable");
+            // target/<profile>/deps/<test>-<hash>
+            exe.parent()
+                .and_then(|deps| deps.parent())
+                .expect("test executable lives in target/<profile>/deps")
+                .to_owned()
+        }
+    };
     let path = profile_dir.join(name);
     assert!(
         path.is_file(),

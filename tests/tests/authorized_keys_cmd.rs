@@ -785,3 +785,445 @@ fn check_diagnoses_the_node_with_fixes() {
     assert!(report.contains("401"), "{report}");
     assert!(report.contains("fix: "), "{report}");
 }
+
+impl NodeSetup<'_> {
+    /// This node's kubeconfig pointed at a loopback port where nothing listens: every
+    /// connection is refused at once, as when the API server is down.
+    fn refused_kubeconfig(&self) -> PathBuf {
+        let port = nodegate_testkit::process::free_port();
+        self.scratch.write(
+            "refused.kubeconfig",
+            std::fs::read_to_string(self.cluster.node_kubeconfig(&self.name, Validity::Current))
+                .unwrap()
+                .replace(self.cluster.server(), &format!("https://127.0.0.1:{port}")),
+        )
+    }
+
+    fn current_kubeconfig(&self) -> PathBuf {
+        self.cluster.node_kubeconfig(&self.name, Validity::Current)
+    }
+
+    /// Runs `sqlite3` on the cache.
+    fn sqlite(&self, sql: &str) -> String {
+        let out = Command::new("sqlite3")
+            .arg(&self.cache)
+            .arg(sql)
+            .output()
+            .expect("run sqlite3");
+        assert!(out.status.success(), "sqlite3 {sql}: {}", stderr(&out));
+        stdout(&out).trim().to_owned()
+    }
+
+    /// Files moved aside as corrupt so far.
+    fn moved_aside(&self) -> Vec<String> {
+        std::fs::read_dir(self.scratch.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains(".corrupt-"))
+            .collect()
+    }
+}
+
+#[test]
+fn a_deleted_node_has_no_grants_at_once_and_not_from_the_cache_either() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(
+        cluster,
+        "akc-deleted",
+        Validity::Current,
+        "freshness = \"0s\"",
+    );
+    let key = node.key("deleted");
+    let grant = node.grant(&key, "root", in_hours(1));
+    assert_eq!(
+        stdout(&node.run(&["root"])),
+        format!("{}\n", grant.authorized_keys_line())
+    );
+
+    // No Node, no grants: the 404 is the API's answer, not an outage to ride out on the cache.
+    cluster.kubectl_ok(&["delete", "node", "akc-deleted"]);
+    let out = node.run(&["root"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "", "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+
+    // And the cache learnt it: an outage afterwards serves nothing either.
+    node.set_config(&node.refused_kubeconfig(), "freshness = \"0s\"");
+    let out = node.run(&["root"]);
+    assert_eq!(stdout(&out), "", "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("source=cache (API unavailable"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_cache_row_dated_in_the_future_neither_outlives_a_revoke_nor_blocks_newer_answers() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(
+        cluster,
+        "akc-future",
+        Validity::Current,
+        "freshness = \"1s\"",
+    );
+    let key = node.key("future");
+    let grant = node.grant(&key, "root", in_hours(1));
+    let line = format!("{}\n", grant.authorized_keys_line());
+    assert_eq!(stdout(&node.run(&["root"])), line);
+
+    // Revoked, and past the freshness window; then the wall clock says the row is 4 minutes
+    // younger than it is (a clock stepped back, within the skew a fresh boot may have).
+    node.revoke(&grant);
+    std::thread::sleep(Duration::from_millis(1200));
+    node.sqlite("UPDATE node_grants SET fetched_at_ms = fetched_at_ms + 240000");
+    let out = node.run(&["root"]);
+    assert_eq!(stdout(&out), "", "a revoked key: {}", stderr(&out));
+    assert!(stderr(&out).contains("source=api"), "{}", stderr(&out));
+
+    // A row dated a day ahead is replaced by the newest answer like any other...
+    let again = node.grant(&key, "root", in_hours(2));
+    let line = format!("{}\n", again.authorized_keys_line());
+    node.sqlite("UPDATE node_grants SET fetched_at_ms = fetched_at_ms + 86400000");
+    assert_eq!(stdout(&node.run(&["root"])), line);
+    let stored_ms: i64 = node
+        .sqlite("SELECT fetched_at_ms FROM node_grants WHERE node = 'akc-future'")
+        .parse()
+        .unwrap();
+    let skew = (stored_ms - Utc::now().timestamp_millis()).abs();
+    assert!(skew < 60_000, "the row was replaced: {skew} ms off now");
+    // ... so an outage then serves it, instead of failing closed.
+    node.set_config(&node.refused_kubeconfig(), "freshness = \"1s\"");
+    let out = node.run(&["root"]);
+    assert_eq!(stdout(&out), line, "{}", stderr(&out));
+}
+
+#[test]
+fn a_cache_with_damaged_pages_is_replaced_and_serves_the_next_outage() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(
+        cluster,
+        "akc-damaged",
+        Validity::Current,
+        "freshness = \"0s\"",
+    );
+    let key = node.key("damaged");
+    let grant = node.grant(&key, "root", in_hours(1));
+    let line = format!("{}\n", grant.authorized_keys_line());
+    assert_eq!(stdout(&node.run(&["root"])), line);
+
+    // Damage the table's pages, leaving the header and the schema (page 1) intact.
+    node.sqlite("PRAGMA wal_checkpoint(TRUNCATE)");
+    let page_size: u64 = node.sqlite("PRAGMA page_size").parse().unwrap();
+    let root: u64 = node
+        .sqlite("SELECT rootpage FROM sqlite_master WHERE name = 'node_grants'")
+        .parse()
+        .unwrap();
+    assert!(root > 1);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&node.cache)
+            .unwrap();
+        file.seek(SeekFrom::Start((root - 1) * page_size)).unwrap();
+        file.write_all(&vec![0xa5; page_size as usize]).unwrap();
+    }
+    let out = node.run(&["root"]);
+    assert_eq!(
+        stdout(&out),
+        line,
+        "the API still answers: {}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("moved it to"), "{}", stderr(&out));
+    assert_eq!(node.moved_aside().len(), 1, "kept aside for inspection");
+
+    node.set_config(&node.refused_kubeconfig(), "freshness = \"0s\"");
+    let out = node.run(&["root"]);
+    assert_eq!(
+        stdout(&out),
+        line,
+        "served from the new cache: {}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("malformed"),
+        "nothing left damaged: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_cache_locked_by_another_process_is_left_alone() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(
+        cluster,
+        "akc-locked",
+        Validity::Current,
+        "freshness = \"0s\"",
+    );
+    let key = node.key("locked");
+    let grant = node.grant(&key, "root", in_hours(1));
+    let line = format!("{}\n", grant.authorized_keys_line());
+    assert_eq!(stdout(&node.run(&["root"])), line);
+
+    // A sqlite3 session holding the file exclusively, longer than the command waits.
+    let mut holder = Command::new("sqlite3")
+        .arg(&node.cache)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sqlite3");
+    {
+        use std::io::{BufRead, BufReader, Write};
+        let stdin = holder.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"PRAGMA locking_mode = EXCLUSIVE;\nBEGIN EXCLUSIVE;\nSELECT 'held', count(*) FROM node_grants;\n")
+            .unwrap();
+        stdin.flush().unwrap();
+        let mut reader = BufReader::new(holder.stdout.as_mut().unwrap());
+        let mut seen = String::new();
+        while !seen.contains("held") {
+            seen.clear();
+            assert!(reader.read_line(&mut seen).unwrap() > 0, "sqlite3 ended");
+        }
+    }
+    let holder = nodegate_testkit::process::KillOnDrop::new(holder);
+    let out = node.run(&["root"]);
+    assert_eq!(stdout(&out), line, "the API answers: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("locked by another process"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(node.moved_aside().is_empty(), "busy is not corrupt");
+    drop(holder);
+
+    // The cached grants are all still there for an outage.
+    node.set_config(&node.refused_kubeconfig(), "freshness = \"0s\"");
+    let out = node.run(&["root"]);
+    assert_eq!(stdout(&out), line, "{}", stderr(&out));
+}
+
+#[test]
+fn fifty_parallel_first_calls_never_move_a_new_cache_aside() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(
+        cluster,
+        "akc-first-use",
+        Validity::Current,
+        "freshness = \"0s\"",
+    );
+    let key = node.key("first");
+    let grant = node.grant(&key, "root", in_hours(1));
+    let expected = format!("{}\n", grant.authorized_keys_line());
+    // Before the fix about 40% of rounds moved aside the cache another call was creating.
+    for round in 0..8 {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", node.cache.display()));
+        }
+        let children: Vec<_> = (0..50)
+            .map(|_| command(&node.config, &["root"]).spawn().unwrap())
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "round {round}: {}", stderr(&out));
+            assert_eq!(stdout(&out), expected, "round {round}: {}", stderr(&out));
+            assert!(
+                !stderr(&out).contains("moved it to"),
+                "round {round}: {}",
+                stderr(&out)
+            );
+        }
+        assert!(node.moved_aside().is_empty(), "round {round}");
+    }
+}
+
+#[test]
+fn a_cached_row_of_another_node_is_never_served_here() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(
+        cluster,
+        "akc-whose",
+        Validity::Current,
+        "freshness = \"1h\"",
+    );
+    // Node akc-whose-other has a grant; this node has none.
+    cluster.create_node("akc-whose-other");
+    let other_kubeconfig = cluster.node_kubeconfig("akc-whose-other", Validity::Current);
+    let key = node.key("whose");
+    let other_grant = Grant {
+        user: LoginUser::new("root").unwrap(),
+        key: GrantKey::parse(&key.public).unwrap(),
+        expiry: in_hours(1),
+        granted_by: GrantText::new("granted-by", "test").unwrap(),
+        granted_at: whole_seconds(Utc::now()),
+        reason: None,
+    };
+    cluster.set_node_annotation(
+        "akc-whose-other",
+        &other_grant.annotation_key(&AnnotationPrefix::default()),
+        Some(&other_grant.annotation_value()),
+    );
+    // The cache holds the other node's row, read with the other node's own credentials.
+    node.set_config(&other_kubeconfig, "freshness = \"1h\"");
+    assert_eq!(
+        stdout(&node.run(&["root"])),
+        format!("{}\n", other_grant.authorized_keys_line())
+    );
+
+    // This node's credentials, with the other node's name configured: refused, even though a
+    // fresh row for that name is in the cache.
+    node.set_config(
+        &node.current_kubeconfig(),
+        "freshness = \"1h\"\nnode_name = \"akc-whose-other\"",
+    );
+    let out = node.run(&["root"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    assert!(
+        stderr(&out).contains("differs from the client certificate"),
+        "{}",
+        stderr(&out)
+    );
+
+    // This node's credentials and no name configured: the one row in the cache is not ours.
+    node.set_config(&node.current_kubeconfig(), "freshness = \"1h\"");
+    let out = node.run(&["root"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "", "{}", stderr(&out));
+    assert!(stderr(&out).contains("source=api"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_symlinked_cache_is_refused_and_never_written_through() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(cluster, "akc-symlink", Validity::Current, "");
+    let key = node.key("symlink");
+    let grant = node.grant(&key, "root", in_hours(1));
+    let target = node.scratch.write("elsewhere", "");
+    std::os::unix::fs::symlink(&target, &node.cache).unwrap();
+    let out = node.run(&["root"]);
+    assert_eq!(
+        stdout(&out),
+        format!("{}\n", grant.authorized_keys_line()),
+        "the API still answers: {}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().len(),
+        0,
+        "nothing was written through the link"
+    );
+    for side in ["-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{side}", node.cache.display()));
+        assert!(!path.exists(), "{} was created", path.display());
+    }
+}
+
+#[test]
+fn a_blackholed_api_is_waited_for_once_not_at_every_call() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(
+        cluster,
+        "akc-backoff",
+        Validity::Current,
+        "freshness = \"0s\"",
+    );
+    let key = node.key("backoff");
+    let grant = node.grant(&key, "root", in_hours(1));
+    let line = format!("{}\n", grant.authorized_keys_line());
+    assert_eq!(stdout(&node.run(&["root"])), line);
+
+    // An API that accepts connections and never answers.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let blackhole_config = node.scratch.write(
+        "blackhole.kubeconfig",
+        std::fs::read_to_string(node.current_kubeconfig())
+            .unwrap()
+            .replace(
+                cluster.server(),
+                &format!("https://{}", blackhole.local_addr().unwrap()),
+            ),
+    );
+    let deadline = Duration::from_secs(2);
+    node.set_config(
+        &blackhole_config,
+        "freshness = \"0s\"\ndeadline = \"2s\"\napi_backoff = \"30s\"",
+    );
+    let started = Instant::now();
+    let out = node.run(&["root"]);
+    assert!(started.elapsed() >= deadline, "the first call waits");
+    assert_eq!(stdout(&out), line, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no complete answer"),
+        "{}",
+        stderr(&out)
+    );
+    // The calls that follow (sshd makes several per login) do not wait the deadline again.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let out = node.run(&["root"]);
+        let took = started.elapsed();
+        assert_eq!(stdout(&out), line, "{}", stderr(&out));
+        assert!(stderr(&out).contains("not asked again"), "{}", stderr(&out));
+        assert!(
+            took < deadline,
+            "waited {took:?} for an API known to be down"
+        );
+    }
+    let sshd = node.sshd();
+    assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
+
+    // A working API is asked again at once: the failure was remembered for those credentials.
+    node.set_config(&node.current_kubeconfig(), "freshness = \"0s\"");
+    let out = node.run(&["root"]);
+    assert!(stderr(&out).contains("source=api"), "{}", stderr(&out));
+    drop(blackhole);
+}
+
+#[test]
+fn check_says_how_long_a_revoked_key_works_while_the_api_is_unreachable() {
+    let cluster = Cluster::shared();
+    let node = NodeSetup::new(cluster, "akc-stale-window", Validity::Current, "");
+    let key = node.key("window");
+    node.grant(&key, "root", in_hours(1));
+    assert!(node.run(&["root"]).status.success());
+    // The shipped config file, as installed, makes the choice explicit.
+    let shipped = std::fs::read_to_string(
+        nodegate_testkit::workspace_root().join("packaging/node/authorized-keys-cmd.toml"),
+    )
+    .unwrap();
+    assert!(
+        shipped.lines().any(|l| l == "max_stale = \"24h\""),
+        "the shipped config sets max_stale"
+    );
+    std::fs::write(
+        &node.config,
+        format!(
+            "{shipped}\nkubeconfig = \"{}\"\ncache = \"{}\"\n",
+            node.current_kubeconfig().display(),
+            node.cache.display()
+        ),
+    )
+    .unwrap();
+    let out = command(&node.config, &["check"]).output().unwrap();
+    let report = stdout(&out);
+    assert!(
+        report.contains("cached grants are served for up to 1day (max_stale)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("a key revoked meanwhile keeps working on this node"),
+        "{report}"
+    );
+    assert!(
+        report.contains("served during an outage for 23h"),
+        "{report}"
+    );
+}
