@@ -30,9 +30,12 @@ pub enum ExpiryError {
         /// The refused instant, in UTC.
         at: DateTime<Utc>,
     },
-    /// A duration so long that the end falls outside the calendar this tool handles.
-    #[error("the duration {input:?} is too long")]
-    TooLong {
+    /// An end further away than [`MAX_EXPIRY_DAYS`]: a grant that long is a permanent grant
+    /// in all but name, and must be asked for as one.
+    #[error(
+        "--expires {input:?} is too far away: --expires may be at most {MAX_EXPIRY_DAYS}d; for a grant without end use --permanent"
+    )]
+    TooFar {
         /// The refused text.
         input: String,
     },
@@ -44,6 +47,10 @@ pub enum ExpiryError {
     },
 }
 
+/// The furthest `--expires` may reach, in days from now. Anything longer must be `--permanent`,
+/// said explicitly, so that no grant without a real end passes for a temporary one.
+pub const MAX_EXPIRY_DAYS: i64 = 365;
+
 /// The format of OpenSSH's `expiry-time` option, used for every time in a grant annotation.
 const OPENSSH_TIME_FORMAT: &str = "%Y%m%d%H%M%SZ";
 
@@ -52,25 +59,31 @@ impl Expiry {
     /// `1w`) or an absolute time (RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` in local time).
     pub fn parse_user_input(input: &str, now: DateTime<Utc>) -> Result<Self, ExpiryError> {
         let trimmed = input.trim();
-        let at = if let Ok(duration) = humantime::parse_duration(trimmed) {
-            let duration =
-                chrono::Duration::from_std(duration).map_err(|_| ExpiryError::TooLong {
+        let too_far = || ExpiryError::TooFar {
+            input: input.into(),
+        };
+        let latest = now + chrono::Duration::days(MAX_EXPIRY_DAYS);
+        let at = match humantime::parse_duration(trimmed) {
+            Ok(duration) => {
+                // Longer than the cap: refused before any arithmetic that could overflow.
+                let duration = chrono::Duration::from_std(duration).map_err(|_| too_far())?;
+                now.checked_add_signed(duration).ok_or_else(too_far)?
+            }
+            // A number of units too large to count is a duration, just a far too long one.
+            Err(humantime::DurationError::NumberOverflow) => return Err(too_far()),
+            Err(_) => match DateTime::parse_from_rfc3339(trimmed) {
+                Ok(at) => at.with_timezone(&Utc),
+                Err(_) => parse_local(trimmed).ok_or_else(|| ExpiryError::Unreadable {
                     input: input.into(),
-                })?;
-            now.checked_add_signed(duration)
-                .ok_or_else(|| ExpiryError::TooLong {
-                    input: input.into(),
-                })?
-        } else if let Ok(at) = DateTime::parse_from_rfc3339(trimmed) {
-            at.with_timezone(&Utc)
-        } else {
-            parse_local(trimmed).ok_or_else(|| ExpiryError::Unreadable {
-                input: input.into(),
-            })?
+                })?,
+            },
         };
         let at = truncate_to_seconds(at);
         if at <= now {
             return Err(ExpiryError::InThePast { at });
+        }
+        if at > latest {
+            return Err(too_far());
         }
         Ok(Self::At(at))
     }
@@ -136,6 +149,11 @@ pub fn parse_openssh_time(input: &str) -> Result<DateTime<Utc>, ExpiryError> {
     if digits.len() != 14 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
+    // chrono reads second 60 as a leap second; UTC times in grants have seconds 00-59 only, so
+    // that every accepted time formats back to the same text.
+    if &digits[12..] > "59" {
+        return Err(bad());
+    }
     NaiveDateTime::parse_from_str(digits, "%Y%m%d%H%M%S")
         .map(|naive| naive.and_utc())
         .map_err(|_| bad())
@@ -182,16 +200,45 @@ mod tests {
             Expiry::parse_user_input("soon", now()),
             Err(ExpiryError::Unreadable { .. })
         ));
-        assert!(matches!(
-            Expiry::parse_user_input("100000000000y", now()),
-            Err(ExpiryError::TooLong { .. }) | Err(ExpiryError::Unreadable { .. })
-        ));
+    }
+
+    #[test]
+    fn expiries_are_capped_at_a_year_with_one_clear_error() {
+        let max = Expiry::parse_user_input("365d", now()).unwrap();
+        assert_eq!(max.to_string(), "2027-11-22T13:45:10Z");
+        assert!(Expiry::parse_user_input("2027-11-22T13:45:10Z", now()).is_ok());
+        for far in [
+            "365d 1s",
+            "1000y",
+            "8000y",
+            "100000000000y",
+            "99999999999999999999999s",
+            "2027-11-22T13:45:11Z",
+            "9999-12-31T23:59:59Z",
+            "3000-01-01 00:00",
+        ] {
+            let error = Expiry::parse_user_input(far, now()).unwrap_err();
+            assert_eq!(error, ExpiryError::TooFar { input: far.into() }, "{far}");
+            let text = error.to_string();
+            assert!(
+                text.contains(
+                    "--expires may be at most 365d; for a grant without end use --permanent"
+                ),
+                "{text}"
+            );
+        }
     }
 
     #[test]
     fn openssh_time_round_trip_and_strictness() {
-        let t = parse_openssh_time("20261122154510Z").unwrap();
-        assert_eq!(format_openssh_time(t), "20261122154510Z");
+        for text in [
+            "20261122154510Z",
+            "20261231235959Z",
+            "00010101000000Z",
+            "99991231235959Z",
+        ] {
+            assert_eq!(format_openssh_time(parse_openssh_time(text).unwrap()), text);
+        }
         for bad in [
             "20261122154510",
             "202611221545Z",
@@ -199,6 +246,9 @@ mod tests {
             "20261322154510Z",
             "+0261122154510Z",
             "20261122154510Z ",
+            "20261231235960Z",
+            "20261122154560Z",
+            "20261122154599Z",
         ] {
             assert!(parse_openssh_time(bad).is_err(), "{bad}");
         }

@@ -9,6 +9,7 @@
 use std::fmt::{self, Write as _};
 
 use chrono::{DateTime, Utc};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
 use crate::expiry::{Expiry, ExpiryError, format_openssh_time, parse_openssh_time};
 use crate::key::{GrantKey, KeyError};
@@ -55,7 +56,10 @@ pub enum GrantError {
         len: usize,
     },
     /// A control or invisible formatting character in the value or a text field.
-    #[error("contains a control or invisible formatting character ({found:?})")]
+    #[error(
+        "contains {}, a control or invisible formatting character; grants hold visible text only (see docs/grant-format.md)",
+        describe_char(*found)
+    )]
     ControlChar {
         /// The first offending character.
         found: char,
@@ -132,13 +136,35 @@ pub enum GrantError {
     },
 }
 
-/// Characters refused in any grant text: controls, and invisible characters that could make a
-/// value read differently in `kubectl describe` than it parses (bidi overrides, zero-width).
+/// Characters refused in any grant text, by their Unicode properties, so that a value reads in
+/// `kubectl describe` exactly as it parses:
+///
+/// - General_Category `Cc` (controls: newline, tab, ESC, ...),
+/// - `Cf` (format characters: bidi overrides and marks, zero-width characters, the invisible TAG
+///   characters U+E0020-E007F, soft hyphen, ...),
+/// - `Zl` and `Zp` (U+2028 LINE SEPARATOR, U+2029 PARAGRAPH SEPARATOR: line breaks to many
+///   viewers),
+/// - and `Bidi_Control` (PropList.txt), which reorders the text around it.
 pub fn is_forbidden_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c,
-            '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+    matches!(
+        c.general_category(),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    ) || is_bidi_control(c)
+}
+
+/// The `Bidi_Control` property (Unicode PropList.txt): a closed set of twelve code points,
+/// unchanged since Unicode 6.3. Every one is also `Cf` today; it is checked on its own so that
+/// the rule does not rest on that.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `U+2028` for an error message: the code point, never the (invisible) character itself.
+fn describe_char(c: char) -> String {
+    format!("U+{:04X}", c as u32)
 }
 
 impl GrantText {
@@ -591,5 +617,106 @@ mod tests {
     #[test]
     fn escapes_for_display() {
         assert_eq!(escape_for_display("a\nb\u{202e}"), "a\\u{a}b\\u{202e}");
+        assert_eq!(
+            escape_for_display("R&D\u{2028}x\u{e0041}\u{61c}"),
+            "R&D\\u{2028}x\\u{e0041}\\u{61c}"
+        );
+    }
+
+    /// Invisible or line-breaking characters by Unicode property, including those a hand list
+    /// had missed (U+061C, U+2028/U+2029, the TAG block).
+    const FORBIDDEN: &[char] = &[
+        '\n',
+        '\t',
+        '\u{1b}',
+        '\u{7f}',
+        '\u{85}', // Cc
+        '\u{61c}',
+        '\u{200b}',
+        '\u{200e}',
+        '\u{202e}',
+        '\u{2066}',
+        '\u{feff}',
+        '\u{ad}',
+        '\u{180e}',
+        '\u{e0001}',
+        '\u{e0020}',
+        '\u{e0041}',
+        '\u{e007f}', // Cf
+        '\u{2028}',  // Zl
+        '\u{2029}',  // Zp
+    ];
+
+    /// What people write in reasons, names and key comments, and must keep working.
+    const ALLOWED: &[char] = &[
+        'a',
+        ' ',
+        '&',
+        '<',
+        '>',
+        '"',
+        '\\',
+        '\'',
+        '\u{e9}',
+        '\u{65e5}',
+        '\u{1f600}',
+        '\u{a0}',
+        '\u{627}',
+    ];
+
+    #[test]
+    fn forbidden_characters_follow_unicode_properties() {
+        for &c in FORBIDDEN {
+            assert!(is_forbidden_char(c), "U+{:04X} should be refused", c as u32);
+            let text = format!("disk{c}full");
+            assert_eq!(
+                GrantText::new("reason", &text),
+                Err(GrantError::ControlChar { found: c })
+            );
+            let mut grant = sample();
+            grant.reason = None;
+            let value = format!(
+                "{},reason=\"{text}\" {}",
+                grant.annotation_value().split_once(' ').unwrap().0,
+                grant.key.to_openssh()
+            );
+            assert!(
+                matches!(parse(&value), Err(GrantError::ControlChar { found }) if found == c),
+                "U+{:04X} passed the parser",
+                c as u32
+            );
+            assert!(!escape_for_display(&text).contains(c));
+        }
+        for &c in ALLOWED {
+            assert!(
+                !is_forbidden_char(c),
+                "U+{:04X} should be allowed",
+                c as u32
+            );
+            let mut grant = sample();
+            grant.reason = Some(GrantText::new("reason", &format!("R{c}D")).unwrap());
+            let value = grant.annotation_value();
+            assert_eq!(parse(&value), Ok(grant));
+        }
+    }
+
+    #[test]
+    fn bidi_controls_are_refused_and_are_format_characters() {
+        let bidi_controls = ['\u{61c}', '\u{200e}', '\u{200f}']
+            .into_iter()
+            .chain('\u{202a}'..='\u{202e}')
+            .chain('\u{2066}'..='\u{2069}');
+        for c in bidi_controls {
+            assert!(is_bidi_control(c) && is_forbidden_char(c));
+            assert_eq!(c.general_category(), GeneralCategory::Format);
+        }
+    }
+
+    #[test]
+    fn the_refusal_names_the_code_point() {
+        let error = GrantText::new("reason", "a\u{2028}b").unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("U+2028"), "{text}");
+        assert!(!text.contains('\u{2028}'), "{text:?}");
     }
 }

@@ -5,6 +5,8 @@ use std::fmt;
 use ssh_key::public::KeyData;
 use ssh_key::{Algorithm, HashAlg};
 
+use crate::grant::is_forbidden_char;
+
 /// Smallest RSA modulus accepted, in bits (what OpenSSH 9 requires by default).
 pub const MIN_RSA_BITS: usize = 2048;
 
@@ -36,8 +38,12 @@ pub enum KeyError {
         /// Length of the refused line.
         len: usize,
     },
-    /// A control character (newline, tab, escape, ...) inside the key line.
-    #[error("the public key line contains a control character ({found:?})")]
+    /// A control or invisible formatting character (newline, escape, bidi override, ...)
+    /// inside the key line, typically in its comment.
+    #[error(
+        "the public key line contains U+{:04X}, a control or invisible formatting character; remove it from the key's comment",
+        *found as u32
+    )]
     ControlChar {
         /// The first offending character.
         found: char,
@@ -49,6 +55,15 @@ pub enum KeyError {
     Unparsable {
         /// What the parser reported.
         reason: String,
+    },
+    /// An OpenSSH certificate (`*-cert-v01@openssh.com`, a `-cert.pub` file) where a plain
+    /// public key belongs.
+    #[error(
+        "this is an OpenSSH certificate ({algorithm}), not a plain public key; certificates are refused because a grant names one plain key (sshd trusts certificates by their CA, with TrustedUserCAKeys or cert-authority, a different mechanism): give the plain public key, e.g. ~/.ssh/id_ed25519.pub rather than ~/.ssh/id_ed25519-cert.pub"
+    )]
+    Certificate {
+        /// The certificate type, e.g. `ssh-ed25519-cert-v01@openssh.com`.
+        algorithm: String,
     },
     /// A key type this tool does not grant.
     #[error(
@@ -82,11 +97,16 @@ impl GrantKey {
         if line.len() > MAX_KEY_LINE_LEN {
             return Err(KeyError::TooLong { len: line.len() });
         }
-        if let Some(found) = line.chars().find(|c| c.is_control()) {
+        if let Some(found) = line.chars().find(|&c| is_forbidden_char(c)) {
             return Err(KeyError::ControlChar { found });
         }
-        let key = ssh_key::PublicKey::from_openssh(line).map_err(|e| KeyError::Unparsable {
-            reason: e.to_string(),
+        let key = ssh_key::PublicKey::from_openssh(line).map_err(|e| {
+            certificate_type(line).map_or_else(
+                || KeyError::Unparsable {
+                    reason: e.to_string(),
+                },
+                |algorithm| KeyError::Certificate { algorithm },
+            )
         })?;
         Self::from_key(key)
     }
@@ -165,6 +185,15 @@ impl GrantKey {
     pub fn same_key(&self, other: &GrantKey) -> bool {
         self.key.key_data() == other.key.key_data()
     }
+}
+
+/// The certificate type of `line` if its type text names an OpenSSH certificate
+/// (`ssh-ed25519-cert-v01@openssh.com`, as in a `-cert.pub` file).
+fn certificate_type(line: &str) -> Option<String> {
+    let type_text = line.split(' ').next().unwrap_or_default();
+    let is_certificate = type_text.ends_with("-cert-v01@openssh.com")
+        || type_text.ends_with("-cert-v00@openssh.com");
+    is_certificate.then(|| type_text.to_owned())
 }
 
 /// Bit length of a big-endian unsigned integer.
@@ -258,6 +287,37 @@ pub(crate) mod tests {
             GrantKey::parse(&with_escape),
             Err(KeyError::ControlChar { .. })
         ));
+    }
+
+    #[test]
+    fn certificates_are_refused_as_such() {
+        // ssh-keygen -s ca -I test -n root id_ed25519.pub: the id_ed25519-cert.pub line.
+        let cert = "ssh-ed25519-cert-v01@openssh.com AAAAIHNzaC1lZDI1NTE5LWNlcnQtdjAxQG9wZW5zc2guY29tAAAAIG9yZ2FuaXplZCBub25jZSBmb3IgdGhlIHRlc3Qgb25seQ== alice@laptop";
+        let error = GrantKey::parse(cert).unwrap_err();
+        assert_eq!(
+            error,
+            KeyError::Certificate {
+                algorithm: "ssh-ed25519-cert-v01@openssh.com".into()
+            }
+        );
+        let text = error.to_string();
+        assert!(
+            text.contains("certificate") && text.contains(".pub"),
+            "{text}"
+        );
+        assert!(!text.contains("trailing data"), "{text}");
+    }
+
+    #[test]
+    fn refuses_invisible_characters_in_the_comment() {
+        for c in ['\u{202e}', '\u{2028}', '\u{e0041}', '\u{61c}'] {
+            let line = format!("{ED25519}{c}x");
+            assert_eq!(
+                GrantKey::parse(&line),
+                Err(KeyError::ControlChar { found: c })
+            );
+        }
+        assert!(GrantKey::parse(&format!("{ED25519} <R&D>")).is_ok());
     }
 
     #[test]

@@ -40,13 +40,13 @@ pub enum AccessError {
         role: &'static str,
     },
     /// The review itself could not be made.
-    #[error("cannot ask the API server whether {verb} {resource} is allowed: {source}")]
+    #[error("cannot ask the API server whether {verb} {resource} is allowed")]
     Review {
         /// The verb asked about.
         verb: String,
         /// The resource asked about.
         resource: String,
-        /// What went wrong.
+        /// What went wrong (printed after the message, as its cause).
         #[source]
         source: kube::Error,
     },

@@ -78,11 +78,33 @@ const LISTED: usize = 20;
 /// Prints what happened: each node's line when few, a count when many, and every failure.
 /// Returns whether every node succeeded.
 pub fn report<T>(outcomes: &[Outcome<T>], describe: impl Fn(&str, &T) -> Vec<String>) -> bool {
-    let succeeded: Vec<&Outcome<T>> = outcomes.iter().filter(|o| o.result.is_ok()).collect();
+    report_partial(outcomes, |node, value| (describe(node, value), Vec::new()))
+}
+
+/// Like [`report`], for work that can succeed in part on a node: `describe` gives a node's
+/// lines and its failures, and a node with any failure counts as failed (its lines are still
+/// printed: what was done is done).
+pub fn report_partial<T>(
+    outcomes: &[Outcome<T>],
+    describe: impl Fn(&str, &T) -> (Vec<String>, Vec<String>),
+) -> bool {
     let mut lines = Vec::new();
-    for outcome in &succeeded {
-        if let Ok(value) = &outcome.result {
-            lines.extend(describe(&outcome.node, value));
+    let mut failures: Vec<(&str, String)> = Vec::new();
+    let mut failed_nodes = 0;
+    for outcome in outcomes {
+        match &outcome.result {
+            Ok(value) => {
+                let (done, failed) = describe(&outcome.node, value);
+                lines.extend(done);
+                if !failed.is_empty() {
+                    failed_nodes += 1;
+                }
+                failures.extend(failed.into_iter().map(|f| (outcome.node.as_str(), f)));
+            }
+            Err(error) => {
+                failed_nodes += 1;
+                failures.push((&outcome.node, crate::errors::render(error)));
+            }
         }
     }
     if lines.len() <= LISTED {
@@ -98,19 +120,16 @@ pub fn report<T>(outcomes: &[Outcome<T>], describe: impl Fn(&str, &T) -> Vec<Str
             lines.len() - LISTED
         );
     }
-    let failed: Vec<&Outcome<T>> = outcomes.iter().filter(|o| o.result.is_err()).collect();
-    for outcome in &failed {
-        if let Err(error) = &outcome.result {
-            eprintln!("error: node {}: {error:#}", outcome.node);
-        }
+    for (node, failure) in &failures {
+        eprintln!("error: node {node}: {failure}");
     }
-    if !failed.is_empty() {
+    if failed_nodes > 0 {
         eprintln!(
             "{} of {} nodes failed; {} succeeded",
-            failed.len(),
+            failed_nodes,
             outcomes.len(),
-            succeeded.len()
+            outcomes.len() - failed_nodes
         );
     }
-    failed.is_empty()
+    failed_nodes == 0
 }

@@ -24,13 +24,12 @@ pub enum KeySourceError {
     #[error("HOME is not set, so there is no default key: pass --key FILE")]
     NoHome,
     /// The file could not be read.
-    #[error("cannot read the key file {path}: {source}")]
+    #[error("cannot read the key file {path}: {error}")]
     Read {
         /// The file (`-` for standard input).
         path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: std::io::Error,
+        /// What went wrong (said in the message, so not also a source).
+        error: std::io::Error,
     },
     /// The file holds no key.
     #[error("{path} holds no public key (expected a line such as: ssh-ed25519 AAAA... you@host)")]
@@ -45,15 +44,14 @@ pub enum KeySourceError {
         path: PathBuf,
     },
     /// A line is not an acceptable public key.
-    #[error("{path}, line {line}: {source}")]
+    #[error("{path}, line {line}: {error}")]
     Invalid {
         /// The file.
         path: PathBuf,
         /// 1-based line number.
         line: usize,
-        /// Why the key was refused.
-        #[source]
-        source: KeyError,
+        /// Why the key was refused (said in the message, so not also a source).
+        error: KeyError,
     },
     /// A private key was given where a public one belongs.
     #[error("{path} is a private key; give the public key ({path}.pub)")]
@@ -95,9 +93,9 @@ pub fn default_key_file() -> Result<PathBuf, KeySourceError> {
 }
 
 fn read_limited(path: &Path) -> Result<String, KeySourceError> {
-    let read_error = |source| KeySourceError::Read {
+    let read_error = |error| KeySourceError::Read {
         path: path.to_owned(),
-        source,
+        error,
     };
     let mut text = String::new();
     let reader: Box<dyn std::io::Read> = if path == Path::new("-") {
@@ -130,10 +128,10 @@ pub fn parse_key_list(path: &Path, text: &str) -> Result<Vec<GrantKey>, KeySourc
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let key = GrantKey::parse(line).map_err(|source| KeySourceError::Invalid {
+        let key = GrantKey::parse(line).map_err(|error| KeySourceError::Invalid {
             path: path.to_owned(),
             line: index + 1,
-            source,
+            error,
         })?;
         if !keys.iter().any(|k| k.same_key(&key)) {
             keys.push(key);
@@ -165,6 +163,30 @@ mod tests {
         let text = format!("{ED25519}\nssh-ed25519 AAAA-not-base64\n");
         let error = parse_key_list(Path::new("k.pub"), &text).unwrap_err();
         assert!(error.to_string().starts_with("k.pub, line 2: "), "{error}");
+    }
+
+    #[test]
+    fn errors_say_their_cause_once() {
+        let missing = read_keys(Some(Path::new("/nonexistent/k.pub"))).unwrap_err();
+        let invalid =
+            parse_key_list(Path::new("k.pub"), "ssh-ed25519 AAAA-not-base64").unwrap_err();
+        for error in [missing, invalid] {
+            assert!(
+                std::error::Error::source(&error).is_none(),
+                "{error}: the cause is in the message, so it is not also a source"
+            );
+        }
+    }
+
+    #[test]
+    fn a_certificate_is_refused_as_a_certificate() {
+        let cert = "ssh-ed25519-cert-v01@openssh.com AAAAIHNzaC1lZDI1NTE5LWNlcnQtdjAxQG9wZW5zc2guY29t alice@laptop";
+        let error = parse_key_list(Path::new("id_ed25519-cert.pub"), cert).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.starts_with("id_ed25519-cert.pub, line 1: this is an OpenSSH certificate"),
+            "{text}"
+        );
     }
 
     #[test]

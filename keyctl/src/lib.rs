@@ -5,11 +5,13 @@
 //! comes before anything changes, with the role to ask for.
 //!
 //! Layout: [`cli`] is the command line; [`commands`] holds one module per subcommand;
-//! [`nodes`], [`fleet`], [`access`], [`events`], [`patch`] and [`keys`] are what they share.
+//! [`nodes`], [`fleet`], [`access`], [`events`], [`patch`], [`keys`] and [`errors`] are what
+//! they share.
 
 pub mod access;
 pub mod cli;
 pub mod commands;
+pub mod errors;
 pub mod events;
 pub mod fleet;
 pub mod identity;

@@ -22,7 +22,7 @@ async fn main() -> ExitCode {
     match keyctl::run(cli).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", keyctl::errors::render(&error));
             ExitCode::FAILURE
         }
     }

@@ -26,11 +26,11 @@ pub enum LookupError {
     #[error("name the nodes, or select them with -l SELECTOR")]
     NoTarget,
     /// Listing nodes failed.
-    #[error("cannot list nodes{}: {source}", selector.as_ref().map(|s| format!(" with selector {s:?}")).unwrap_or_default())]
+    #[error("cannot list nodes{}", selector.as_ref().map(|s| format!(" with selector {s:?}")).unwrap_or_default())]
     List {
         /// The selector, if any.
         selector: Option<String>,
-        /// What went wrong.
+        /// What went wrong (printed after the message, as its cause).
         #[source]
         source: kube::Error,
     },
@@ -141,6 +141,6 @@ pub fn describe_read_error(error: &kube::Error) -> String {
             "not allowed to read this node ({}); see `keyctl list --help` for the roles",
             status.message
         ),
-        other => other.to_string(),
+        other => crate::errors::describe_kube_error(other),
     }
 }

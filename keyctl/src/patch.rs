@@ -2,9 +2,16 @@
 //!
 //! - A grant is a JSON merge patch that sets one annotation: concurrent grants of other keys
 //!   touch other annotations and never overwrite each other.
-//! - A removal is a JSON patch that first *tests* each annotation still holds the value that was
-//!   read, then removes it: a grant re-issued in the meantime is not removed by mistake; the
-//!   server refuses the whole patch and keyctl reads again.
+//! - A removal is a JSON patch that first *tests* that the Node still has the resourceVersion
+//!   that was read, then removes the annotations chosen from that read: nothing changed in
+//!   between, so nothing is removed that was not read (a grant re-issued in the meantime, say).
+//!   If anything changed, the server refuses the whole patch and keyctl reads again.
+//!
+//! Why the resourceVersion and not each annotation's value: the API server compares a `test`
+//! value with its own JSON encoding of the stored one, byte for byte, and that encoding escapes
+//! `&`, `<`, `>`, U+2028 and U+2029 (Go's HTML-safe JSON). A value holding any of them never
+//! matched, so such a grant could never be removed. A resourceVersion is an opaque token of
+//! digits that both sides write alike.
 
 use serde_json::{Value, json};
 
@@ -13,15 +20,18 @@ pub fn set_annotation(key: &str, value: &str) -> Value {
     json!({ "metadata": { "annotations": { key: value } } })
 }
 
-/// The JSON patch that removes annotations, each only if it still has the value given.
+/// The JSON patch that removes annotations, only if the Node is still at `resource_version`.
 pub fn remove_annotations<'a>(
-    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+    resource_version: &str,
+    keys: impl IntoIterator<Item = &'a str>,
 ) -> json_patch::Patch {
-    let mut operations = Vec::new();
-    for (key, value) in entries {
-        let path = annotation_pointer(key);
-        operations.push(json!({ "op": "test", "path": path, "value": value }));
-        operations.push(json!({ "op": "remove", "path": path }));
+    let mut operations = vec![json!({
+        "op": "test",
+        "path": "/metadata/resourceVersion",
+        "value": resource_version,
+    })];
+    for key in keys {
+        operations.push(json!({ "op": "remove", "path": annotation_pointer(key) }));
     }
     // A list of well-formed test/remove operations always deserializes.
     serde_json::from_value(Value::Array(operations)).expect("valid JSON patch operations")
@@ -51,16 +61,22 @@ mod tests {
     }
 
     #[test]
-    fn removals_test_before_they_remove() {
-        let patch = remove_annotations([("ssh.nodegate.dev/g.root.00aa", "v1"), ("a~b/c", "v2")]);
+    fn removals_test_the_resource_version_read_then_remove() {
+        let patch = remove_annotations("4711", ["ssh.nodegate.dev/g.root.00aa", "a~b/c"]);
         assert_eq!(
             serde_json::to_value(&patch).unwrap(),
             json!([
-                {"op": "test", "path": "/metadata/annotations/ssh.nodegate.dev~1g.root.00aa", "value": "v1"},
+                {"op": "test", "path": "/metadata/resourceVersion", "value": "4711"},
                 {"op": "remove", "path": "/metadata/annotations/ssh.nodegate.dev~1g.root.00aa"},
-                {"op": "test", "path": "/metadata/annotations/a~0b~1c", "value": "v2"},
                 {"op": "remove", "path": "/metadata/annotations/a~0b~1c"},
             ])
         );
+    }
+
+    #[test]
+    fn no_annotation_value_is_sent_so_none_can_be_encoded_differently() {
+        let patch = remove_annotations("1", ["a", "b"]);
+        let text = serde_json::to_string(&patch).unwrap();
+        assert_eq!(text.matches("\"value\"").count(), 1, "{text}");
     }
 }

@@ -37,7 +37,8 @@ pub async fn run(session: &Session, args: &GrantArgs) -> anyhow::Result<bool> {
     let now = Utc::now().trunc_subsecs(0);
     let expiry = match (&args.expires, args.permanent) {
         (_, true) => Expiry::Permanent,
-        (Some(text), false) => Expiry::parse_user_input(text, now).context("--expires")?,
+        // Its messages name --expires themselves where it helps.
+        (Some(text), false) => Expiry::parse_user_input(text, now)?,
         (None, false) => {
             bail!("say when the grant ends with --expires (e.g. --expires 2h), or pass --permanent")
         }
@@ -70,15 +71,12 @@ pub async fn run(session: &Session, args: &GrantArgs) -> anyhow::Result<bool> {
         })
         .collect();
     for grant in &grants {
-        // What nodes will read must be exactly what was meant; the parser is the judge.
-        let reread = Grant::from_annotation(&grant.annotation_name(), &grant.annotation_value())
-            .with_context(|| {
-                format!(
-                    "the grant for {} does not form a valid annotation",
-                    key_path.display()
-                )
-            })?;
-        debug_assert_eq!(&reread, grant);
+        check_reads_back(grant).with_context(|| {
+            format!(
+                "the grant for {} cannot be written as a valid annotation",
+                key_path.display()
+            )
+        })?;
     }
 
     let trail = AuditTrail::new(session.client.clone(), &caller, hostname());
@@ -144,6 +142,21 @@ pub async fn run(session: &Session, args: &GrantArgs) -> anyhow::Result<bool> {
     Ok(all_ok)
 }
 
+/// What nodes (and `keyctl revoke`) will read must be exactly what was meant, so a grant is
+/// written only if the same parser reads its annotation back as the same grant: a value that
+/// parsed as invalid would be ignored by nodes and never match a revoke by key or fingerprint.
+fn check_reads_back(grant: &Grant) -> anyhow::Result<()> {
+    let value = grant.annotation_value();
+    let reread = Grant::from_annotation(&grant.annotation_name(), &value)?;
+    if &reread != grant {
+        bail!(
+            "it would read back differently ({}); this is a bug in keyctl, please report it",
+            escape_for_display(&value)
+        );
+    }
+    Ok(())
+}
+
 /// Refuses a grant that would push the node over Kubernetes' annotation size limit, before the
 /// API server does so with a less helpful message.
 fn check_budget(
@@ -177,4 +190,36 @@ pub fn hostname() -> Option<String> {
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodegate_core::GrantKey;
+
+    fn grant(expiry: Expiry) -> Grant {
+        Grant {
+            user: LoginUser::new("root").unwrap(),
+            key: GrantKey::parse(
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti <R&D> \"x\"",
+            )
+            .unwrap(),
+            expiry,
+            granted_by: GrantText::new("granted-by", "o'brien & co <ops>").unwrap(),
+            granted_at: "2026-11-22T12:00:00Z".parse().unwrap(),
+            reason: Some(GrantText::new("reason", "R&D disk \"full\" \\ again").unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_grant_is_written_only_if_it_reads_back_the_same() {
+        assert!(
+            check_reads_back(&grant(Expiry::At("2026-11-22T14:00:00Z".parse().unwrap()))).is_ok()
+        );
+        assert!(check_reads_back(&grant(Expiry::Permanent)).is_ok());
+        // A year past 9999 has no YYYYMMDDHHMMSSZ form: such a grant would be invalid on every
+        // node, and no revoke would find it.
+        let far = grant(Expiry::At("+10026-01-01T00:00:00Z".parse().unwrap()));
+        assert!(check_reads_back(&far).is_err());
+    }
 }

@@ -1,8 +1,13 @@
 //! `keyctl janitor`: runs in the cluster, watches Nodes, and removes grants as they expire,
 //! recording an Event for each. Nodes stop accepting expired keys on their own; the janitor
 //! keeps Node objects tidy and the annotation budget free.
+//!
+//! An annotation the API server refuses to let go (an admission policy, say) is reported once,
+//! with the server's reason, and left alone for a while, longer each time it is refused again;
+//! it never holds up the other removals on its node, and never makes the janitor spin.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::Utc;
@@ -11,7 +16,9 @@ use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 
 use crate::cli::JanitorArgs;
-use crate::commands::remove::{ExpiredChoice, Removed, remove_from_node};
+use crate::commands::remove::{
+    Choice, ExpiredChoice, NodeRemoval, Removed, describe_refusal, remove_from_node,
+};
 use crate::events::{AuditTrail, GrantChange};
 use crate::nodes::{self, NodeMeta};
 use crate::session::Session;
@@ -32,6 +39,7 @@ pub async fn run(session: &Session, args: &JanitorArgs) -> anyhow::Result<bool> 
         .default_backoff()
         .boxed();
     let mut known: BTreeMap<String, NodeMeta> = BTreeMap::new();
+    let mut held = HeldBackRemovals::new();
     let mut tick = tokio::time::interval(args.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop = Box::pin(shutdown_signal());
@@ -58,19 +66,29 @@ pub async fn run(session: &Session, args: &JanitorArgs) -> anyhow::Result<bool> 
                     vec![node]
                 }
                 Some(Ok(Event::Delete(node))) => {
-                    known.remove(&nodes::node_name(&node));
+                    let name = nodes::node_name(&node);
+                    held.retain(|(held_node, _), _| held_node != &name);
+                    known.remove(&name);
                     continue;
                 }
                 Some(Ok(Event::Init | Event::InitDone)) => continue,
             },
         };
-        let choice = ExpiredChoice {
-            now: Utc::now(),
-            invalid: args.invalid,
+        let choice = JanitorChoice {
+            expired: ExpiredChoice {
+                now: Utc::now(),
+                invalid: args.invalid,
+            },
+            held: &held,
+            now: Instant::now(),
         };
+        let mut results = Vec::new();
         for node in changed {
             let name = nodes::node_name(&node);
-            match remove_from_node(
+            let annotations: BTreeMap<String, String> = nodes::annotations(&node)
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            let removal = remove_from_node(
                 &api,
                 node,
                 &session.prefix,
@@ -78,29 +96,111 @@ pub async fn run(session: &Session, args: &JanitorArgs) -> anyhow::Result<bool> 
                 false,
                 Some((&trail, GrantChange::Expired)),
             )
-            .await
-            {
-                Ok(removed) => {
-                    for item in removed {
-                        match item {
-                            Removed::Grant(grant) => tracing::info!(
-                                node = %name,
-                                user = %grant.user,
-                                fingerprint = %grant.key.fingerprint(),
-                                "removed expired grant (expiry {})",
-                                grant.expiry
-                            ),
-                            Removed::Invalid { name: annotation } => {
-                                tracing::info!(node = %name, "removed invalid grant annotation {annotation:?}")
-                            }
-                        }
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(node = %name, "could not remove expired grants: {error:#}")
-                }
+            .await;
+            results.push((name, annotations, removal));
+        }
+        for (name, annotations, removal) in results {
+            // What is no longer on the node (removed at last, or changed) is not held back: the
+            // node as read before this pass tells, so an entry goes at the node's next pass.
+            held.retain(|(node, key), h| node != &name || annotations.get(key) == Some(&h.value));
+            log_removal(&name, &removal);
+            note_refusals(&mut held, &name, removal);
+        }
+    }
+}
+
+/// An annotation the server refused to remove, and when to try it again.
+#[derive(Debug)]
+struct HeldBack {
+    value: String,
+    reason: String,
+    retry_at: Instant,
+    wait: Duration,
+}
+
+/// The first wait before trying a refused removal again; it doubles up to [`LONGEST_WAIT`].
+const FIRST_WAIT: Duration = Duration::from_secs(60);
+const LONGEST_WAIT: Duration = Duration::from_secs(3600);
+
+/// Held-back removals, by node and annotation key.
+type HeldBackRemovals = BTreeMap<(String, String), HeldBack>;
+
+/// Expired grants (and invalid annotations if asked), except refused ones still waiting.
+struct JanitorChoice<'a> {
+    expired: ExpiredChoice,
+    held: &'a HeldBackRemovals,
+    now: Instant,
+}
+
+impl Choice for JanitorChoice<'_> {
+    fn takes_grant(&self, grant: &nodegate_core::Grant) -> bool {
+        self.expired.takes_grant(grant)
+    }
+
+    fn takes_invalid(&self) -> bool {
+        self.expired.takes_invalid()
+    }
+
+    fn holds_back(&self, node: &str, key: &str, value: &str) -> bool {
+        self.held
+            .get(&(node.to_owned(), key.to_owned()))
+            .is_some_and(|h| h.value == value && self.now < h.retry_at)
+    }
+}
+
+fn log_removal(name: &str, removal: &NodeRemoval) {
+    for item in &removal.removed {
+        match item {
+            Removed::Grant(grant) => tracing::info!(
+                node = %name,
+                user = %grant.user,
+                fingerprint = %grant.key.fingerprint(),
+                "removed expired grant (expiry {})",
+                grant.expiry
+            ),
+            Removed::Invalid { name: annotation } => {
+                tracing::info!(node = %name, "removed invalid grant annotation {annotation:?}")
             }
         }
+    }
+}
+
+/// Remembers refused removals: the first refusal (or a new reason) is logged as a warning, with
+/// when it will be tried again; the same refusal again only lengthens the wait.
+fn note_refusals(held: &mut HeldBackRemovals, name: &str, removal: NodeRemoval) {
+    let now = Instant::now();
+    for refusal in removal.refused {
+        let slot = (name.to_owned(), refusal.key.clone());
+        let wait = match held.get(&slot) {
+            Some(before) if before.value == refusal.value && before.reason == refusal.reason => {
+                let wait = (before.wait * 2).min(LONGEST_WAIT);
+                tracing::debug!(
+                    node = %name,
+                    "{} (again; next try in {})",
+                    describe_refusal(&refusal),
+                    humantime::format_duration(wait)
+                );
+                wait
+            }
+            _ => {
+                tracing::warn!(
+                    node = %name,
+                    "{}; leaving it for now, next try in {} (the other removals go on)",
+                    describe_refusal(&refusal),
+                    humantime::format_duration(FIRST_WAIT)
+                );
+                FIRST_WAIT
+            }
+        };
+        held.insert(
+            slot,
+            HeldBack {
+                value: refusal.value,
+                reason: refusal.reason,
+                retry_at: now + wait,
+                wait,
+            },
+        );
     }
 }
 

@@ -50,7 +50,7 @@ pub struct ListedInvalid {
     pub node: String,
     /// The full annotation key, with unprintable characters escaped.
     pub annotation: String,
-    /// Why it is not valid.
+    /// Why it is not valid, with unprintable characters escaped.
     pub error: String,
 }
 
@@ -142,7 +142,8 @@ pub fn collect(
             listing.invalid.push(ListedInvalid {
                 node: node.clone(),
                 annotation: escape_for_display(&format!("{prefix}/{}", invalid.name)),
-                error: invalid.error.to_string(),
+                // Errors quote what they refused (a key comment, a time): escaped like the name.
+                error: escape_for_display(&invalid.error.to_string()),
             });
         }
     }
