@@ -184,27 +184,42 @@ pub fn lookup(
     // What the cache says for `node`, and what the policy makes of it before the API.
     let consult = |cache: &mut Option<Cache>, node: &NodeName, log: &mut Diagnostics| {
         let Some(cache) = cache.as_mut() else {
-            return (None, BeforeApi::AskApi);
+            return Consulted::NotFresh(None, BeforeApi::AskApi);
         };
         let row = log_cache_result(cache, log, |c| c.load(node, prefix)).flatten();
-        let failure = log_cache_result(cache, log, |c| c.last_failure(node, prefix)).flatten();
-        let facts = row.as_ref().map(|row| CachedFacts {
-            age: policy::row_age(&row.stamp, &now),
-            serves_keys: !answer(&row.annotations, Source::NotLookedUp, log)
-                .lines
-                .is_empty(),
-            same_credentials: same_credentials(&row.credentials, credentials_now.as_deref()),
-        });
-        let failure = failure.map(|f| RecentFailure {
-            ago: match (&now.boot, &f.stamp.boot) {
-                (Some(now), Some(then)) => now.since(then),
-                _ => None,
-            },
-            same_credentials: same_credentials(&f.credentials, credentials_now.as_deref()),
-            reason: f.reason,
-        });
+        // The lines are worked out once: they decide whether the row is a hit, and are the
+        // answer when it is fresh.
+        let cached_answer = row
+            .as_ref()
+            .map(|row| answer(&row.annotations, Source::NotLookedUp, log));
+        let facts = row
+            .as_ref()
+            .zip(cached_answer.as_ref())
+            .map(|(row, lines)| CachedFacts {
+                age: policy::row_age(&row.stamp, &now),
+                serves_keys: !lines.lines.is_empty(),
+                same_credentials: same_credentials(&row.credentials, credentials_now.as_deref()),
+            });
+        if let (BeforeApi::ServeFresh { age }, Some(mut fresh)) = (
+            policy::before_api(facts.as_ref(), None, &policy),
+            cached_answer,
+        ) {
+            fresh.source = Source::FreshCache { age };
+            return Consulted::Fresh(fresh);
+        }
+        // Not fresh: only now is the last failure worth reading.
+        let failure = log_cache_result(cache, log, |c| c.last_failure(node, prefix))
+            .flatten()
+            .map(|f| RecentFailure {
+                ago: match (&now.boot, &f.stamp.boot) {
+                    (Some(now), Some(then)) => now.since(then),
+                    _ => None,
+                },
+                same_credentials: same_credentials(&f.credentials, credentials_now.as_deref()),
+                reason: f.reason,
+            });
         let decision = policy::before_api(facts.as_ref(), failure.as_ref(), &policy);
-        (row, decision)
+        Consulted::NotFresh(row, decision)
     };
 
     // The node named by the configuration, or the one the cache holds (only this node's own
@@ -217,15 +232,10 @@ pub fn lookup(
     };
     let mut consulted = None;
     if let Some(node) = fast_node {
-        let (row, decision) = consult(&mut cache, &node, log);
-        if let (BeforeApi::ServeFresh { age }, Some(row)) = (&decision, &row) {
-            return Ok(answer(
-                &row.annotations,
-                Source::FreshCache { age: *age },
-                log,
-            ));
+        match consult(&mut cache, &node, log) {
+            Consulted::Fresh(answer) => return Ok(answer),
+            Consulted::NotFresh(row, decision) => consulted = Some((node, row, decision)),
         }
-        consulted = Some((node, row, decision));
     }
 
     // Skipping the API needs no credentials: the node is the one whose failure was recorded.
@@ -247,15 +257,11 @@ pub fn lookup(
             };
             let (row, decision) = match consulted {
                 Some((consulted_node, row, decision)) if consulted_node == node => (row, decision),
-                _ => consult(&mut cache, &node, log),
+                _ => match consult(&mut cache, &node, log) {
+                    Consulted::Fresh(answer) => return Ok(answer),
+                    Consulted::NotFresh(row, decision) => (row, decision),
+                },
             };
-            if let (BeforeApi::ServeFresh { age }, Some(row)) = (&decision, &row) {
-                return Ok(answer(
-                    &row.annotations,
-                    Source::FreshCache { age: *age },
-                    log,
-                ));
-            }
             (node, row, decision, Some(credentials))
         }
     };
@@ -352,6 +358,14 @@ pub fn lookup(
             },
         }),
     }
+}
+
+/// What the cache said for a node before the API.
+enum Consulted {
+    /// A fresh answer: give it.
+    Fresh(Answer),
+    /// The row (if any) and what to do next.
+    NotFresh(Option<CachedNode>, BeforeApi),
 }
 
 /// Identifies the credentials in use by their kubeconfig file (path, device, inode, size,
