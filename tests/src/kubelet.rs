@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use crate::cluster::{Cluster, kube_bin_dir};
 use crate::pki::Validity;
-use crate::process::{Daemon, Scratch, free_port, last_lines, wait_until};
+use crate::process::{Daemon, SH_RUNNING, Scratch, free_port, last_lines, start_time, wait_until};
 
 /// The node's name: it must resolve to 127.0.0.1 for the API server to reach the kubelet.
 pub const NODE_NAME: &str = "localhost";
@@ -79,13 +79,16 @@ wait
 
 /// Runs beside the node and cleans up after it when the reaper stops both: the cgroups of
 /// containers killed with the node (runc never got to remove them) and the mount point
-/// `/var/lib/kubelet` if the node had to create it. Arguments: DIR NODE_PID (the node's
-/// `unshare`, which ignores SIGTERM: killing it makes the kernel end the whole node at once).
+/// `/var/lib/kubelet` if the node had to create it. Arguments: DIR NODE_PID:START (the node's
+/// `unshare`, which ignores SIGTERM: killing it makes the kernel end the whole node at once; its
+/// start time, so that a pid reused after the node ended is never signalled). Preceded by
+/// [`SH_RUNNING`].
 const NODE_CLEANER: &str = r#"
-dir=$1 node=$2 sleeper=
+dir=$1 node=${2%%:*} node_start=${2#*:} sleeper=
 clean() {
+  # Our own unreaped child: its pid cannot have been reused.
   [ -n "$sleeper" ] && kill "$sleeper" 2>/dev/null
-  kill -KILL "$node" 2>/dev/null
+  running "$node" "$node_start" && kill -KILL "$node" 2>/dev/null
   i=0
   # The reaper kills whatever is left after 10 s.
   while [ $i -lt 90 ]; do
@@ -119,6 +122,8 @@ pub struct Kubelet {
     node: String,
     socket: PathBuf,
     init_pid: u32,
+    /// The init's start time: `init_pid` names it only while this matches.
+    init_start: u64,
     daemon: Daemon,
     _cleaner: Daemon,
     _lock: File,
@@ -195,12 +200,14 @@ impl Kubelet {
             .args(&kubelet_args);
         let mut daemon = scratch.spawn("node", &mut command);
         let unshare_pid = daemon.pid().expect("just started");
+        // Read while `daemon` is unreaped, so the pid still names the node's unshare.
+        let unshare_start = start_time(unshare_pid).expect("the node's unshare is running");
         let cleaner = scratch.spawn(
             "node-cleaner",
             Command::new("sh")
-                .args(["-c", NODE_CLEANER, "node-cleaner"])
+                .args(["-c", &format!("{SH_RUNNING}{NODE_CLEANER}"), "node-cleaner"])
                 .arg(&dir)
-                .arg(unshare_pid.to_string()),
+                .arg(format!("{unshare_pid}:{unshare_start}")),
         );
         let mut init_pid = None;
         let found = wait_until(Duration::from_secs(10), || {
@@ -213,12 +220,14 @@ impl Kubelet {
                 daemon.log_tail(20)
             )
         });
+        let init_start = start_time(init_pid).expect("the node's init is running");
 
         let kubelet = Kubelet {
             scratch,
             node: NODE_NAME.to_owned(),
             socket,
             init_pid,
+            init_start,
             daemon,
             _cleaner: cleaner,
             _lock: lock,
@@ -281,6 +290,13 @@ impl Kubelet {
 
     /// Runs `command` inside the node's PID and mount namespaces (where `hostPID` pods look).
     pub fn command_in_node(&self, program: &str) -> Command {
+        // Entering another process's namespaces by a stale pid would run the command anywhere.
+        assert_eq!(
+            start_time(self.init_pid),
+            Some(self.init_start),
+            "the node's init (pid {}) is gone: the node has ended",
+            self.init_pid
+        );
         let mut command = Command::new("nsenter");
         command
             .args(["-t", &self.init_pid.to_string(), "--pid", "--mount", "--"])
