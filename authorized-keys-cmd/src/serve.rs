@@ -527,22 +527,19 @@ pub fn refresh(settings: &Settings, log: &mut Diagnostics) -> Result<String, Str
             settings.prefix, invalid.name, invalid.error
         ));
     }
-    let mut cache = match Cache::open(&settings.cache, Duration::from_secs(5)) {
-        Ok(cache) => Some(cache),
-        Err(e) => return Err(e.to_string()),
-    };
-    let invalid = grants.invalid.len();
-    let valid = grants.valid.len();
+    let mut cache =
+        Cache::open(&settings.cache, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    for replaced in cache.take_replacements() {
+        log.warn(replaced);
+    }
+    let (valid, invalid) = (grants.valid.len(), grants.invalid.len());
     let row = CachedNode {
         annotations,
         stamp: Stamp::from(&sent),
         credentials: credentials.unwrap_or_default(),
     };
-    let open = cache.as_mut().expect("opened above");
-    for replaced in open.take_replacements() {
-        log.warn(replaced);
-    }
-    open.store(&node, &settings.prefix, &row)
+    cache
+        .store(&node, &settings.prefix, &row)
         .map_err(|e| e.to_string())?;
     if gone {
         return Ok(format!(
