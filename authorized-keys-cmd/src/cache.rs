@@ -438,66 +438,52 @@ fn open_connection(
 
 /// What `check` learns about a cache file without changing it (it may run as another user than
 /// sshd's, and must not create or take over the file).
-pub fn inspect(path: &Path) -> Result<Inspection, String> {
+pub fn inspect(path: &Path) -> Result<Inspection, InspectError> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Inspection::Missing),
-        Err(e) => return Err(format!("cannot inspect it: {e}")),
+        Err(e) => return Err(InspectError::Io(e)),
         Ok(meta) if meta.file_type().is_symlink() => {
             return Err(UnsafePath::Symlink {
                 path: path.to_owned(),
             }
-            .to_string());
+            .into());
         }
         Ok(_) => {}
     }
-    perms::check_trusted_file(path).map_err(|e| e.to_string())?;
+    perms::check_trusted_file(path)?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let _ = conn.busy_timeout(Duration::from_secs(2));
-    match verdict(&conn).map_err(|e| e.to_string())? {
+    match verdict(&conn)? {
         Verdict::Ours { .. } => {}
         Verdict::Empty => return Ok(Inspection::Empty),
-        Verdict::Foreign(why) => {
-            return Err(format!(
-                "is {why}; the next login moves it aside and starts a new one"
-            ));
-        }
+        Verdict::Foreign(why) => return Err(InspectError::Foreign(why)),
     }
-    let check: String = conn
-        .query_row("PRAGMA quick_check", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if check != "ok" {
-        return Err(format!(
-            "fails SQLite's quick_check: {check}; the next login that meets the damage moves it aside"
-        ));
+        return Err(InspectError::Damaged(check));
     }
-    let has_boot_columns = conn
-        .query_row(
-            "SELECT count(*) FROM pragma_table_info('node_grants') WHERE name = 'boot_id'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(|e| e.to_string())?
-        > 0;
+    let has_boot_columns = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('node_grants') WHERE name = 'boot_id'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? > 0;
     let query = if has_boot_columns {
         "SELECT node, prefix, fetched_at_ms, boot_id, boot_ms FROM node_grants ORDER BY node"
     } else {
         "SELECT node, prefix, fetched_at_ms, '', 0 FROM node_grants ORDER BY node"
     };
-    let rows: Vec<(String, String, i64, String, i64)> = conn
-        .prepare(query)
-        .and_then(|mut stmt| {
+    let rows: Vec<(String, String, i64, String, i64)> =
+        conn.prepare(query).and_then(|mut stmt| {
             stmt.query_map([], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })?
             .collect()
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
     let owner = fs::metadata(path).map(|m| m.uid()).unwrap_or(u32::MAX);
     let entries = rows
         .into_iter()
@@ -508,6 +494,26 @@ pub fn inspect(path: &Path) -> Result<Inspection, String> {
         })
         .collect();
     Ok(Inspection::Healthy { owner, entries })
+}
+
+/// Why `check` cannot vouch for a cache file.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// Its metadata could not be read.
+    #[error("cannot inspect it: {0}")]
+    Io(#[source] std::io::Error),
+    /// Others could change it, or it is a symbolic link.
+    #[error(transparent)]
+    Unsafe(#[from] UnsafePath),
+    /// SQLite could not read it.
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// It is not this command's cache.
+    #[error("is {0}; the next login moves it aside and starts a new one")]
+    Foreign(String),
+    /// SQLite's `quick_check` found damage.
+    #[error("fails SQLite's quick_check: {0}; the next login that meets the damage moves it aside")]
+    Damaged(String),
 }
 
 /// What [`inspect`] found.

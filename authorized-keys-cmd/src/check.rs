@@ -11,9 +11,9 @@ use nodegate_core::NodeGrants;
 use crate::api;
 use crate::cache::Inspection;
 use crate::clock::Moment;
-use crate::config::{DEFAULT_CONFIG_PATH, Settings, locate_kubeconfig};
+use crate::config::{ConfigError, DEFAULT_CONFIG_PATH, Settings, locate_kubeconfig};
+use crate::identity::{load_credentials, node_name};
 use crate::perms;
-use crate::serve::{load_credentials, node_name};
 
 /// Where `check` looks for sshd and its configuration unless told otherwise.
 #[derive(Debug, Clone)]
@@ -114,7 +114,7 @@ impl Report {
 }
 
 /// Runs every check. `settings` is `Err` when the configuration itself is broken.
-pub fn diagnose(settings: Result<&Settings, String>, sshd: &SshdLocation) -> Report {
+pub fn diagnose(settings: Result<&Settings, &ConfigError>, sshd: &SshdLocation) -> Report {
     let mut report = Report::default();
     check_sshd(&mut report, sshd);
     let settings = match settings {
@@ -293,7 +293,7 @@ fn check_api(report: &mut Report, settings: &Settings) {
     let node = match node_name(settings, &creds) {
         Ok(n) => n,
         Err(e) => {
-            report.problem(e, "set node_name in the config file");
+            report.problem(e.to_string(), "set node_name in the config file");
             return;
         }
     };

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use crate::answer::LookupError;
 use crate::check::{self, SshdLocation};
-use crate::config::{Overrides, Settings};
-use crate::diag::Diagnostics;
-use crate::serve;
+use crate::config::{ConfigError, Overrides, Settings};
+use crate::logger::Logger;
+use crate::refresh::RefreshError;
+use crate::{answer, refresh};
 
 /// Exit status: the answer was printed (possibly no lines).
 pub const EXIT_OK: u8 = 0;
@@ -77,8 +79,78 @@ impl PartialEq for SshdLocation {
 }
 impl Eq for SshdLocation {}
 
+/// A command line this program does not understand.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// lexopt's own complaint (unknown option, missing value).
+    #[error(transparent)]
+    Parse(#[from] lexopt::Error),
+    /// An argument that is not UTF-8.
+    #[error("{0} is not valid UTF-8")]
+    NotUtf8(&'static str),
+    /// No login user.
+    #[error("missing the login user")]
+    MissingUser,
+    /// More than `USER FINGERPRINT`.
+    #[error("too many arguments")]
+    TooMany,
+    /// `--sshd`/`--sshd-config` outside `check`.
+    #[error("--sshd and --sshd-config are for check only")]
+    SshdOutsideCheck,
+}
+
+/// Everything that ends a run with a non-zero exit status. [`Failure::exit_code`] is the one
+/// place that maps them to the documented codes.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The command line is wrong.
+    #[error("{0}")]
+    Usage(#[from] UsageError),
+    /// The configuration is wrong.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The configuration is wrong, found while answering sshd for `user`.
+    #[error("user={user}: {source}; no keys served")]
+    ConfigForUser {
+        /// sshd's `%u`.
+        user: String,
+        /// What is wrong.
+        source: ConfigError,
+    },
+    /// No trustworthy answer for `user`: nothing was printed.
+    #[error("user={user}: {source}; no keys served")]
+    FailedClosed {
+        /// sshd's `%u`.
+        user: String,
+        /// Why (boxed: it is large, and this is the rare path).
+        source: Box<LookupError>,
+    },
+    /// The answer could not be written to sshd.
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
+    /// `refresh` failed.
+    #[error("refresh failed: {0}")]
+    Refresh(#[from] RefreshError),
+    /// `check` found problems (its report says which).
+    #[error("check found problems")]
+    CheckFoundProblems,
+}
+
+impl Failure {
+    /// The exit status for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) | Self::Config(_) | Self::ConfigForUser { .. } => EXIT_USAGE,
+            Self::FailedClosed { .. }
+            | Self::Stdout(_)
+            | Self::Refresh(_)
+            | Self::CheckFoundProblems => EXIT_FAILED_CLOSED,
+        }
+    }
+}
+
 /// Parses the arguments (without the program name).
-pub fn parse<I>(args: I) -> Result<Invocation, String>
+pub fn parse<I>(args: I) -> Result<Invocation, UsageError>
 where
     I: IntoIterator,
     I::Item: Into<OsString>,
@@ -90,39 +162,23 @@ where
     let mut sshd = SshdLocation::default();
     let mut sshd_given = false;
     let mut positional: Vec<String> = Vec::new();
-    let text = |v: OsString, what: &str| {
-        v.into_string()
-            .map_err(|_| format!("{what} is not valid UTF-8"))
-    };
-    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+    let text =
+        |v: OsString, what: &'static str| v.into_string().map_err(|_| UsageError::NotUtf8(what));
+    while let Some(arg) = parser.next()? {
         match arg {
-            Long("config") => {
-                overrides.config = Some(parser.value().map_err(|e| e.to_string())?.into())
-            }
-            Long("kubeconfig") => {
-                overrides.kubeconfig = Some(parser.value().map_err(|e| e.to_string())?.into());
-            }
+            Long("config") => overrides.config = Some(parser.value()?.into()),
+            Long("kubeconfig") => overrides.kubeconfig = Some(parser.value()?.into()),
             Long("node-name") => {
-                overrides.node_name = Some(text(
-                    parser.value().map_err(|e| e.to_string())?,
-                    "--node-name",
-                )?);
+                overrides.node_name = Some(text(parser.value()?, "--node-name")?);
             }
-            Long("cache") => {
-                overrides.cache = Some(parser.value().map_err(|e| e.to_string())?.into())
-            }
-            Long("prefix") => {
-                overrides.prefix = Some(text(
-                    parser.value().map_err(|e| e.to_string())?,
-                    "--prefix",
-                )?);
-            }
+            Long("cache") => overrides.cache = Some(parser.value()?.into()),
+            Long("prefix") => overrides.prefix = Some(text(parser.value()?, "--prefix")?),
             Long("sshd") => {
-                sshd.binary = PathBuf::from(parser.value().map_err(|e| e.to_string())?);
+                sshd.binary = PathBuf::from(parser.value()?);
                 sshd_given = true;
             }
             Long("sshd-config") => {
-                sshd.config = PathBuf::from(parser.value().map_err(|e| e.to_string())?);
+                sshd.config = PathBuf::from(parser.value()?);
                 sshd_given = true;
             }
             Long("verbose") | Short('v') => verbose = true,
@@ -141,7 +197,7 @@ where
                 });
             }
             Value(v) => positional.push(text(v, "an argument")?),
-            other => return Err(other.unexpected().to_string()),
+            other => return Err(other.unexpected().into()),
         }
     }
     // `check` and `refresh` are subcommands only alone: sshd always passes the user (and with %f
@@ -157,11 +213,11 @@ where
             user: user.clone(),
             fingerprint: Some(fp.clone()),
         },
-        [] => return Err("missing the login user".into()),
-        _ => return Err("too many arguments".into()),
+        [] => return Err(UsageError::MissingUser),
+        _ => return Err(UsageError::TooMany),
     };
     if sshd_given && !matches!(mode, Mode::Check(_)) {
-        return Err("--sshd and --sshd-config are for check only".into());
+        return Err(UsageError::SshdOutsideCheck);
     }
     Ok(Invocation {
         mode,
@@ -170,111 +226,95 @@ where
     })
 }
 
-/// The program: parses arguments, runs the mode, returns the documented exit status.
+/// The program: parses arguments, runs the mode, and reports a failure once, with its exit
+/// status.
 pub fn main() -> ExitCode {
     let started = Instant::now();
     let invocation = match parse(std::env::args_os().skip(1)) {
         Ok(i) => i,
         Err(e) => {
-            let mut log = Diagnostics::new(false);
-            log.error(format_args!("{e}"));
-            eprintln!("authorized-keys-cmd: {e}\n\n{USAGE}");
-            return ExitCode::from(EXIT_USAGE);
+            let failure = Failure::from(e);
+            Logger::new(false).error(&failure);
+            eprintln!("authorized-keys-cmd: {failure}\n\n{USAGE}");
+            return ExitCode::from(failure.exit_code());
         }
     };
-    match &invocation.mode {
+    let mut log = Logger::new(invocation.verbose);
+    match run(invocation, &mut log, started) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(Failure::CheckFoundProblems) => ExitCode::from(EXIT_FAILED_CLOSED),
+        Err(failure) => {
+            log.error(&failure);
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+fn run(invocation: Invocation, log: &mut Logger, started: Instant) -> Result<(), Failure> {
+    let settings = match invocation.mode {
         Mode::Help => {
             println!("{USAGE}");
-            return ExitCode::from(EXIT_OK);
+            return Ok(());
         }
         Mode::Version => {
             println!("authorized-keys-cmd {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::from(EXIT_OK);
+            return Ok(());
         }
-        _ => {}
-    }
-    let mut log = Diagnostics::new(invocation.verbose);
-    let settings = Settings::load(&invocation.overrides);
+        _ => Settings::load(&invocation.overrides),
+    };
     match invocation.mode {
         Mode::Check(sshd) => {
-            let report = check::diagnose(settings.as_ref().map_err(|e| e.to_string()), &sshd);
+            let report = check::diagnose(settings.as_ref(), &sshd);
             print!("{}", report.render());
-            ExitCode::from(if report.has_problems() {
-                EXIT_FAILED_CLOSED
-            } else {
-                EXIT_OK
-            })
+            if report.has_problems() {
+                return Err(Failure::CheckFoundProblems);
+            }
+            Ok(())
         }
         Mode::Refresh => {
-            let settings = match settings {
-                Ok(s) => s,
-                Err(e) => {
-                    log.error(&e);
-                    return ExitCode::from(EXIT_USAGE);
-                }
-            };
-            match serve::refresh(&settings, &mut log) {
-                Ok(summary) => {
-                    log.info(&summary);
-                    ExitCode::from(EXIT_OK)
-                }
-                Err(e) => {
-                    log.error(format_args!("refresh failed: {e}"));
-                    ExitCode::from(EXIT_FAILED_CLOSED)
-                }
-            }
+            let summary = refresh::refresh(&settings?, log)?;
+            log.info(&summary);
+            Ok(())
         }
         Mode::Lookup { user, fingerprint } => {
-            let settings = match settings {
-                Ok(s) => s,
-                Err(e) => {
-                    log.error(format_args!("user={user}: {e}; no keys served"));
-                    return ExitCode::from(EXIT_USAGE);
-                }
+            let settings = settings.map_err(|source| Failure::ConfigForUser {
+                user: user.clone(),
+                source,
+            })?;
+            let answer = answer::lookup(&settings, &user, fingerprint.as_deref(), log, started)
+                .map_err(|source| Failure::FailedClosed {
+                    user: user.clone(),
+                    source: Box::new(source),
+                })?;
+            let mut out = String::new();
+            for line in &answer.lines {
+                out.push_str(line);
+                out.push('\n');
+            }
+            let written = {
+                let mut stdout = std::io::stdout().lock();
+                stdout
+                    .write_all(out.as_bytes())
+                    .and_then(|()| stdout.flush())
             };
-            match serve::lookup(&settings, &user, fingerprint.as_deref(), &mut log, started) {
-                Ok(answer) => {
-                    let mut out = String::new();
-                    for line in &answer.lines {
-                        out.push_str(line);
-                        out.push('\n');
-                    }
-                    let written = {
-                        let mut stdout = std::io::stdout().lock();
-                        stdout
-                            .write_all(out.as_bytes())
-                            .and_then(|()| stdout.flush())
-                    };
-                    log.info(format_args!(
-                        "user={user} fingerprint={} served={} source={} took={}ms",
-                        fingerprint.as_deref().unwrap_or("-"),
-                        if answer.fingerprints.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            answer.fingerprints.join(",")
-                        },
-                        answer.source,
-                        started.elapsed().as_millis()
-                    ));
-                    match written {
-                        Ok(()) => ExitCode::from(EXIT_OK),
-                        // sshd stopped reading: nothing more to do.
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                            ExitCode::from(EXIT_OK)
-                        }
-                        Err(e) => {
-                            log.error(format_args!("cannot write to stdout: {e}"));
-                            ExitCode::from(EXIT_FAILED_CLOSED)
-                        }
-                    }
-                }
-                Err(e) => {
-                    log.error(format_args!("user={user}: {e}; no keys served"));
-                    ExitCode::from(EXIT_FAILED_CLOSED)
-                }
+            log.info(format_args!(
+                "user={user} fingerprint={} served={} source={} took={}ms",
+                fingerprint.as_deref().unwrap_or("-"),
+                if answer.fingerprints.is_empty() {
+                    "none".to_owned()
+                } else {
+                    answer.fingerprints.join(",")
+                },
+                answer.source,
+                started.elapsed().as_millis()
+            ));
+            match written {
+                // sshd stopped reading: nothing more to do.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::Stdout(e)),
+                _ => Ok(()),
             }
         }
-        Mode::Help | Mode::Version => ExitCode::from(EXIT_OK),
+        Mode::Help | Mode::Version => Ok(()),
     }
 }
 

@@ -9,14 +9,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod answer;
 pub mod api;
 pub mod cache;
 pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod diag;
+pub mod identity;
 pub mod kubeconfig;
+pub mod logger;
 pub mod perms;
 pub mod policy;
-pub mod serve;
+pub mod refresh;

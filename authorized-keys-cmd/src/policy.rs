@@ -1,7 +1,7 @@
 //! The login policy, apart from all IO: given what the cache holds, what the API said (or that
 //! it failed) and the settings, which answer is trustworthy enough to give sshd.
 //!
-//! Every branch here is a unit test below; `serve::lookup` only gathers the facts (reads the
+//! Every branch here is a unit test below; `answer::lookup` only gathers the facts (reads the
 //! cache, asks the API) and carries the decision out.
 //!
 //! The rules, in order:

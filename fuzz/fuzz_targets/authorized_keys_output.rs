@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use authorized_keys_cmd::serve::authorized_keys_lines;
+use authorized_keys_cmd::answer::authorized_keys_lines;
 use chrono::{DateTime, Utc};
 use libfuzzer_sys::fuzz_target;
 use nodegate_core::{AnnotationPrefix, GrantKey, LoginUser};

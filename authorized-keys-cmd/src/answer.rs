@@ -2,8 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -13,8 +11,11 @@ use crate::api::{self, ApiError, PrefixedAnnotations};
 use crate::cache::{Cache, CacheError, CachedNode, RecordedFailure};
 use crate::clock::Moment;
 use crate::config::{NodeName, Settings, locate_kubeconfig};
-use crate::diag::Diagnostics;
+use crate::identity::{
+    IdentityError, credentials_stamp, load_credentials, node_name, same_credentials,
+};
 use crate::kubeconfig::{KubeconfigError, NodeCredentials};
+use crate::logger::Logger;
 use crate::policy::{
     self, BeforeApi, CacheOffer, CachedFacts, RecentFailure, Refusal, Stamp, WithoutApi,
 };
@@ -75,7 +76,7 @@ pub enum LookupError {
     )]
     NoSource {
         /// Why the API failed.
-        api: String,
+        api: ApiFailure,
         /// Why the cache could not help.
         cache: String,
     },
@@ -85,7 +86,7 @@ pub enum LookupError {
     )]
     TooStale {
         /// Why the API failed.
-        api: String,
+        api: ApiFailure,
         /// Age of the cache entry.
         age: Duration,
         /// The configured limit.
@@ -97,13 +98,38 @@ pub enum LookupError {
     )]
     AgeUnknown {
         /// Why the API failed.
-        api: String,
+        api: ApiFailure,
         /// Why the age cannot be told.
         why: String,
     },
     /// The node to read is unknown.
     #[error("cannot tell which Node this is: {0}")]
-    UnknownNode(String),
+    UnknownNode(#[from] IdentityError),
+}
+
+/// Why the API gave no answer this time.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiFailure {
+    /// It was asked and failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// It could not be asked: the credentials are unusable.
+    #[error(transparent)]
+    Credentials(#[from] KubeconfigError),
+    /// It was not asked: it failed a moment ago.
+    #[error(
+        "it failed {:.1}s ago and is not asked again for {}: {reason}",
+        ago.as_secs_f64(),
+        humantime::format_duration(*backoff)
+    )]
+    Skipped {
+        /// How long ago it failed.
+        ago: Duration,
+        /// The configured `api_backoff`.
+        backoff: Duration,
+        /// What failed then.
+        reason: String,
+    },
 }
 
 /// The lines for `user` (and only the key with `fingerprint`, when given) from a Node's
@@ -114,7 +140,7 @@ pub fn authorized_keys_lines(
     user: &LoginUser,
     fingerprint: Option<&str>,
     now: DateTime<Utc>,
-    report: Option<&mut Diagnostics>,
+    report: Option<&mut Logger>,
 ) -> (Vec<String>, Vec<String>) {
     let grants = NodeGrants::scan(
         prefix,
@@ -149,7 +175,7 @@ pub fn lookup(
     settings: &Settings,
     user_text: &str,
     fingerprint: Option<&str>,
-    log: &mut Diagnostics,
+    log: &mut Logger,
     started: Instant,
 ) -> Result<Answer, LookupError> {
     let user = match LoginUser::new(user_text) {
@@ -171,7 +197,7 @@ pub fn lookup(
     let mut cache = open_cache(settings, log);
     let kubeconfig = locate_kubeconfig(settings.kubeconfig.as_deref());
     let credentials_now = kubeconfig.as_deref().and_then(credentials_stamp);
-    let answer = |annotations: &BTreeMap<String, String>, source: Source, log: &mut Diagnostics| {
+    let answer = |annotations: &BTreeMap<String, String>, source: Source, log: &mut Logger| {
         let report = matches!(source, Source::Api).then_some(log);
         let (lines, fingerprints) =
             authorized_keys_lines(prefix, annotations, &user, fingerprint, now.wall, report);
@@ -182,7 +208,7 @@ pub fn lookup(
         }
     };
     // What the cache says for `node`, and what the policy makes of it before the API.
-    let consult = |cache: &mut Option<Cache>, node: &NodeName, log: &mut Diagnostics| {
+    let consult = |cache: &mut Option<Cache>, node: &NodeName, log: &mut Logger| {
         let Some(cache) = cache.as_mut() else {
             return Consulted::NotFresh(None, BeforeApi::AskApi);
         };
@@ -243,17 +269,21 @@ pub fn lookup(
         Some((node, row, decision @ BeforeApi::SkipApi { .. })) => (node, row, decision, None),
         consulted => {
             let credentials = load_credentials(settings);
-            let node = match &credentials {
-                Ok(creds) => node_name(settings, creds).map_err(LookupError::UnknownNode)?,
-                Err(e) => match (&settings.node_name, cache.as_mut()) {
-                    (Some(node), _) => node.clone(),
-                    (None, Some(cache)) => cache
-                        .only_node(prefix)
-                        .ok()
-                        .flatten()
-                        .ok_or_else(|| LookupError::UnknownNode(e.to_string()))?,
-                    (None, None) => return Err(LookupError::UnknownNode(e.to_string())),
-                },
+            // Without usable credentials the API cannot be asked; the node is then the
+            // configured one, or the one the cache holds.
+            let (node, credentials) = match credentials {
+                Ok(creds) => (node_name(settings, &creds)?, Ok(creds)),
+                Err(e) => {
+                    let fallback = match (&settings.node_name, cache.as_mut()) {
+                        (Some(node), _) => Some(node.clone()),
+                        (None, Some(cache)) => cache.only_node(prefix).ok().flatten(),
+                        (None, None) => None,
+                    };
+                    match fallback {
+                        Some(node) => (node, Err(e)),
+                        None => return Err(IdentityError::from(e).into()),
+                    }
+                }
             };
             let (row, decision) = match consulted {
                 Some((consulted_node, row, decision)) if consulted_node == node => (row, decision),
@@ -267,12 +297,12 @@ pub fn lookup(
     };
 
     let api_failure = match (decision, credentials) {
-        (BeforeApi::SkipApi { failed_ago, reason }, _) => format!(
-            "it failed {:.1}s ago and is not asked again for {}: {reason}",
-            failed_ago.as_secs_f64(),
-            humantime::format_duration(policy.api_backoff)
-        ),
-        (_, Some(Err(e))) => e.to_string(),
+        (BeforeApi::SkipApi { failed_ago, reason }, _) => ApiFailure::Skipped {
+            ago: failed_ago,
+            backoff: policy.api_backoff,
+            reason,
+        },
+        (_, Some(Err(e))) => ApiFailure::Credentials(e),
         (_, Some(Ok(creds))) => {
             warn_if_certificate_invalid(&creds, now.wall, log);
             let sent = Moment::now();
@@ -318,7 +348,7 @@ pub fn lookup(
                         };
                         log_cache_result(cache, log, |c| c.record_failure(&node, prefix, &failure));
                     }
-                    e.to_string()
+                    ApiFailure::Api(e)
                 }
             }
         }
@@ -368,30 +398,10 @@ enum Consulted {
     NotFresh(Option<CachedNode>, BeforeApi),
 }
 
-/// Identifies the credentials in use by their kubeconfig file (path, device, inode, size,
-/// modification time). A cached answer is fresh only when read with the same, unchanged file:
-/// whatever was checked about the node's identity when it was read still holds then.
-pub fn credentials_stamp(kubeconfig: &Path) -> Option<String> {
-    let m = std::fs::metadata(kubeconfig).ok()?;
-    Some(format!(
-        "{}|{}:{}:{}:{}.{}",
-        kubeconfig.display(),
-        m.dev(),
-        m.ino(),
-        m.size(),
-        m.mtime(),
-        m.mtime_nsec()
-    ))
-}
-
-fn same_credentials(recorded: &str, now: Option<&str>) -> bool {
-    now.is_some_and(|now| !recorded.is_empty() && recorded == now)
-}
-
 /// Logs a cache error (a locked cache, say) and goes on without the result.
 fn log_cache_result<T>(
     cache: &mut Cache,
-    log: &mut Diagnostics,
+    log: &mut Logger,
     op: impl FnOnce(&mut Cache) -> Result<T, CacheError>,
 ) -> Option<T> {
     let result = op(cache);
@@ -414,7 +424,7 @@ fn store(
     annotations: BTreeMap<String, String>,
     sent: &Moment,
     credentials: Option<&str>,
-    log: &mut Diagnostics,
+    log: &mut Logger,
 ) {
     let Some(cache) = cache.as_mut() else { return };
     let row = CachedNode {
@@ -430,7 +440,7 @@ fn store(
     }
 }
 
-fn warn_if_certificate_invalid(creds: &NodeCredentials, now: DateTime<Utc>, log: &mut Diagnostics) {
+fn warn_if_certificate_invalid(creds: &NodeCredentials, now: DateTime<Utc>, log: &mut Logger) {
     if let Some(Ok(identity)) = creds.identity()
         && !identity.is_valid_at(now)
     {
@@ -443,7 +453,8 @@ fn warn_if_certificate_invalid(creds: &NodeCredentials, now: DateTime<Utc>, log:
     }
 }
 
-fn report_not_strings(found: &PrefixedAnnotations, log: &mut Diagnostics) {
+/// Logs annotations under the prefix whose value is not a string (never used).
+pub fn report_not_strings(found: &PrefixedAnnotations, log: &mut Logger) {
     for key in &found.not_strings {
         log.warn(format_args!(
             "ignoring annotation {key}: its value is not a string"
@@ -452,7 +463,7 @@ fn report_not_strings(found: &PrefixedAnnotations, log: &mut Diagnostics) {
 }
 
 /// Opens the cache, logging (not failing) when it cannot be used: the API alone still answers.
-pub fn open_cache(settings: &Settings, log: &mut Diagnostics) -> Option<Cache> {
+pub fn open_cache(settings: &Settings, log: &mut Logger) -> Option<Cache> {
     let busy = (settings.deadline / 3).min(Duration::from_millis(500));
     match Cache::open(&settings.cache, busy) {
         Ok(mut cache) => {
@@ -471,84 +482,4 @@ pub fn open_cache(settings: &Settings, log: &mut Diagnostics) -> Option<Cache> {
             None
         }
     }
-}
-
-/// Finds and loads the node's kubeconfig.
-pub fn load_credentials(settings: &Settings) -> Result<NodeCredentials, KubeconfigError> {
-    let path = locate_kubeconfig(settings.kubeconfig.as_deref()).ok_or_else(|| {
-        KubeconfigError::NotFound {
-            searched: crate::config::KUBECONFIG_SEARCH_PATH.join(", "),
-        }
-    })?;
-    NodeCredentials::load(&path)
-}
-
-/// The node to read: from the client certificate (`system:node:NAME`), or configured. A
-/// configured name that differs from the certificate's is refused: it would serve another
-/// node's grants on this one.
-pub fn node_name(settings: &Settings, credentials: &NodeCredentials) -> Result<NodeName, String> {
-    let from_cert = match credentials.identity() {
-        Some(Ok(identity)) => identity.node_name().map_err(|e| e.to_string()),
-        Some(Err(e)) => Err(e.to_string()),
-        None => Err("the kubeconfig uses a token, which names no node; set node_name".into()),
-    };
-    match (&settings.node_name, from_cert) {
-        (Some(configured), Ok(cert)) if configured != &cert => Err(format!(
-            "node_name {configured:?} differs from the client certificate's system:node:{cert}; a node reads only its own grants: remove node_name or fix the kubeconfig"
-        )),
-        (Some(configured), _) => Ok(configured.clone()),
-        (None, from_cert) => from_cert,
-    }
-}
-
-/// `refresh`: reads the Node from the API and stores it in the cache.
-pub fn refresh(settings: &Settings, log: &mut Diagnostics) -> Result<String, String> {
-    let kubeconfig = locate_kubeconfig(settings.kubeconfig.as_deref());
-    let credentials = kubeconfig.as_deref().and_then(credentials_stamp);
-    let creds = load_credentials(settings).map_err(|e| e.to_string())?;
-    let node = node_name(settings, &creds)?;
-    let sent = Moment::now();
-    let (annotations, gone) =
-        match api::fetch_node_annotations(&creds, &node, &settings.prefix, settings.deadline) {
-            Ok(found) => {
-                report_not_strings(&found, log);
-                (found.annotations, false)
-            }
-            Err(ApiError::NotFound { .. }) => (BTreeMap::new(), true),
-            Err(e) => return Err(e.to_string()),
-        };
-    let grants = NodeGrants::scan(
-        &settings.prefix,
-        annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-    );
-    for invalid in &grants.invalid {
-        log.warn(format_args!(
-            "ignoring invalid grant annotation {}/{}: {}",
-            settings.prefix, invalid.name, invalid.error
-        ));
-    }
-    let mut cache =
-        Cache::open(&settings.cache, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    for replaced in cache.take_replacements() {
-        log.warn(replaced);
-    }
-    let (valid, invalid) = (grants.valid.len(), grants.invalid.len());
-    let row = CachedNode {
-        annotations,
-        stamp: Stamp::from(&sent),
-        credentials: credentials.unwrap_or_default(),
-    };
-    cache
-        .store(&node, &settings.prefix, &row)
-        .map_err(|e| e.to_string())?;
-    if gone {
-        return Ok(format!(
-            "Node {node} does not exist (the API answered 404): the cache {} now holds no grants for it",
-            settings.cache.display()
-        ));
-    }
-    Ok(format!(
-        "refreshed the cache {} from Node {node}: {valid} valid grants, {invalid} invalid annotations",
-        settings.cache.display(),
-    ))
 }

@@ -1,11 +1,11 @@
-//! Diagnostics: to the system log (sshd discards the command's stderr), and to stderr as well
+//! Logger: to the system log (sshd discards the command's stderr), and to stderr as well
 //! when that is a terminal or `--verbose` is given.
 
 use std::fmt::Display;
 use std::io::{IsTerminal, Write};
 
 use nodegate_core::grant::escape_for_display;
-use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
+use syslog::{Facility, Formatter3164, LoggerBackend};
 
 /// How serious a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,12 +19,12 @@ pub enum Level {
 }
 
 /// Where diagnostics go.
-pub struct Diagnostics {
-    syslog: Option<Logger<LoggerBackend, Formatter3164>>,
+pub struct Logger {
+    syslog: Option<syslog::Logger<LoggerBackend, Formatter3164>>,
     stderr: bool,
 }
 
-impl Diagnostics {
+impl Logger {
     /// Connects to the system log (if there is one) with facility `auth`, as sshd logs.
     pub fn new(verbose: bool) -> Self {
         let formatter = Formatter3164 {
