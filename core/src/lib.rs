@@ -16,13 +16,15 @@ pub mod client;
 pub mod expiry;
 pub mod grant;
 pub mod key;
-pub mod node;
+pub mod node_grants;
+pub mod node_name;
 pub mod prefix;
 pub mod user;
 
 pub use expiry::Expiry;
 pub use grant::{Grant, GrantError, GrantText};
 pub use key::{Fingerprint, GrantKey, KeyError};
-pub use node::{InvalidGrant, NodeGrants};
+pub use node_grants::{InvalidGrant, NodeGrants};
+pub use node_name::NodeName;
 pub use prefix::AnnotationPrefix;
 pub use user::LoginUser;

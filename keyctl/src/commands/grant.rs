@@ -5,7 +5,7 @@ use chrono::{SubsecRound as _, Utc};
 use kube::api::Patch;
 use kube::api::PatchParams;
 use nodegate_core::grant::escape_for_display;
-use nodegate_core::node::{ANNOTATIONS_SIZE_LIMIT, annotations_size};
+use nodegate_core::node_grants::{ANNOTATIONS_SIZE_LIMIT, annotations_size};
 use nodegate_core::{Expiry, Grant, GrantText, LoginUser};
 
 use crate::cli::GrantArgs;
