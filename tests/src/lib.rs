@@ -6,11 +6,15 @@
 //!   however it ends.
 //! - [`proxy::CuttableProxy`]: a loopback TCP proxy whose connections a test can cut.
 //! - [`terminal::Terminal`]: a pseudo-terminal to run a program on, type into and resize.
+//! - [`output::Checked`]: a finished command's output, with assertions that show it all.
+//! - [`fixtures`]: grants as keyctl writes them.
 //!
 //! Prerequisites are installed by `tests/cluster/install-deps`.
 
 pub mod cluster;
+pub mod fixtures;
 pub mod kubelet;
+pub mod output;
 pub mod pki;
 pub mod process;
 pub mod proxy;

@@ -6,13 +6,15 @@
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use nodegate_core::expiry::parse_openssh_time;
 use nodegate_core::{AnnotationPrefix, Expiry, Grant, GrantKey, GrantText, LoginUser};
 use nodegate_testkit::cluster::write_kubeconfig;
+use nodegate_testkit::fixtures::{self, in_hours, whole_seconds};
+use nodegate_testkit::output::Checked;
 use nodegate_testkit::pki::Pki;
 use nodegate_testkit::process::Scratch;
 use nodegate_testkit::sshd::{KeySource, Login, RootOwnedDir, SshKey, Sshd, ssh_keygen};
@@ -71,36 +73,18 @@ impl<'c> NodeSetup<'c> {
 
     /// Writes a grant of `key` to `user` until `expiry` on this Node, as keyctl would.
     fn grant(&self, key: &SshKey, user: &str, expiry: Expiry) -> Grant {
-        let grant = Grant {
-            user: LoginUser::new(user).expect("a valid login user"),
-            key: GrantKey::parse(&key.public).expect("ssh-keygen made a valid key"),
-            expiry,
-            granted_by: GrantText::new("granted-by", "test").expect("valid text"),
-            granted_at: whole_seconds(Utc::now()),
-            reason: Some(GrantText::new("reason", "authorized-keys-cmd test").expect("valid text")),
-        };
-        let prefix = AnnotationPrefix::default();
-        self.cluster.set_node_annotation(
-            &self.name,
-            &grant.annotation_key(&prefix),
-            Some(&grant.annotation_value()),
-        );
+        let grant = fixtures::grant(&key.public, user, expiry, Some("authorized-keys-cmd test"));
+        fixtures::put_grant(self.cluster, &self.name, &grant);
         grant
     }
 
     fn revoke(&self, grant: &Grant) {
-        self.cluster.set_node_annotation(
-            &self.name,
-            &grant.annotation_key(&AnnotationPrefix::default()),
-            None,
-        );
+        fixtures::remove_grant(self.cluster, &self.name, grant);
     }
 
     /// Runs the command as sshd would (`USER [FINGERPRINT]`), with `--verbose`.
-    fn run(&self, args: &[&str]) -> Output {
-        command(&self.config, args)
-            .output()
-            .expect("run authorized-keys-cmd")
+    fn run(&self, args: &[&str]) -> Checked {
+        Checked::run(&mut command(&self.config, args))
     }
 
     /// A real sshd whose AuthorizedKeysCommand is this command with this config.
@@ -127,26 +111,6 @@ fn command(config: &Path, args: &[&str]) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
-}
-
-fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp(t.timestamp(), 0).expect("a time in range")
-}
-
-fn in_hours(h: i64) -> Expiry {
-    Expiry::At(whole_seconds(Utc::now() + chrono::Duration::hours(h)))
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn lines(out: &Output) -> BTreeSet<String> {
-    stdout(out).lines().map(str::to_owned).collect()
 }
 
 #[test]
@@ -201,24 +165,24 @@ fn prints_exactly_the_usable_lines_and_filters_by_fingerprint() {
     );
 
     let out = node.run(&["root"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(
-        lines(&out),
+        out.lines(),
         BTreeSet::from([g1.authorized_keys_line(), g2.authorized_keys_line()])
     );
     assert!(g1.authorized_keys_line().starts_with("expiry-time=\""));
 
     let fp = g2.key.fingerprint().to_string();
     let out = node.run(&["root", &fp]);
-    assert_eq!(stdout(&out), format!("{}\n", g2.authorized_keys_line()));
+    assert_eq!(out.stdout, format!("{}\n", g2.authorized_keys_line()));
     let out = node.run(&["daemon", &fp]);
     assert!(out.status.success());
-    assert_eq!(stdout(&out), "", "nothing for another user");
+    assert_eq!(out.stdout, "", "nothing for another user");
     // sshd may pass a user that can hold no grant: answer nothing, successfully.
     let out = node.run(&["Bad User"]);
     assert!(out.status.success());
-    assert_eq!(stdout(&out), "");
-    assert!(stderr(&out).contains("source="), "{}", stderr(&out));
+    assert_eq!(out.stdout, "");
+    assert!(out.stderr.contains("source="), "{}", out.stderr);
 }
 
 #[test]
@@ -233,7 +197,7 @@ fn grant_that_expires_in_seconds_stops_working() {
     let wait = (expires - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(1200);
     std::thread::sleep(wait);
     assert_eq!(sshd.login(&key, "root"), Login::Refused, "expired grant");
-    assert_eq!(stdout(&node.run(&["root"])), "");
+    assert_eq!(node.run(&["root"]).stdout, "");
 }
 
 #[test]
@@ -251,18 +215,14 @@ fn revoked_grant_stops_working_within_the_freshness_window() {
     assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
     // A repeat within the window is answered from the cache, without the API.
     let out = node.run(&["root"]);
-    assert!(
-        stderr(&out).contains("source=cache (fresh"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(out.stderr.contains("source=cache (fresh"), "{}", out.stderr);
     node.revoke(&grant);
     let revoked_at = Instant::now();
     std::thread::sleep(Duration::from_millis(2100));
     assert_eq!(sshd.login(&key, "root"), Login::Refused);
     assert!(revoked_at.elapsed() < Duration::from_secs(10));
     let out = node.run(&["root"]);
-    assert_eq!(stdout(&out), "");
+    assert_eq!(out.stdout, "");
 }
 
 #[test]
@@ -285,11 +245,11 @@ fn a_grant_made_right_after_a_refused_login_works_at_once() {
     std::thread::sleep(Duration::from_millis(150));
     assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
     let out = node.run(&["root", &grant.key.fingerprint().to_string()]);
-    assert_eq!(stdout(&out), format!("{}\n", grant.authorized_keys_line()));
+    assert_eq!(out.stdout, format!("{}\n", grant.authorized_keys_line()));
     assert!(
-        stderr(&out).contains("source=cache (fresh"),
+        out.stderr.contains("source=cache (fresh"),
         "a cached yes is trusted for the window: {}",
-        stderr(&out)
+        out.stderr
     );
 }
 
@@ -311,9 +271,12 @@ fn fifty_parallel_invocations_all_succeed() {
             .map(|_| command(&node.config, &["root"]).spawn().unwrap())
             .collect();
         for child in children {
-            let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "{round}: {}", stderr(&out));
-            assert_eq!(stdout(&out), expected, "{round}: {}", stderr(&out));
+            let out = Checked::of(
+                "authorized-keys-cmd root",
+                child.wait_with_output().unwrap(),
+            );
+            assert!(out.status.success(), "{round}: {}", out.stderr);
+            assert_eq!(out.stdout, expected, "{round}: {}", out.stderr);
         }
     }
     node.set_config(
@@ -324,9 +287,12 @@ fn fifty_parallel_invocations_all_succeed() {
         .map(|_| command(&node.config, &["root"]).spawn().unwrap())
         .collect();
     for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        assert_eq!(stdout(&out), expected);
+        let out = Checked::of(
+            "authorized-keys-cmd root",
+            child.wait_with_output().unwrap(),
+        );
+        assert!(out.status.success(), "{}", out.stderr);
+        assert_eq!(out.stdout, expected);
     }
 }
 
@@ -450,7 +416,7 @@ fn hostile_annotations_never_yield_a_line() {
             .status
             .success();
         let out = node.run(&["root"]);
-        assert!(out.status.success(), "case {i}: {}", stderr(&out));
+        assert!(out.status.success(), "case {i}: {}", out.stderr);
         // Planting over the good grant's own name replaces it: then nothing at all is valid.
         let expected = if planted && key == &good_key_name {
             BTreeSet::new()
@@ -458,16 +424,16 @@ fn hostile_annotations_never_yield_a_line() {
             BTreeSet::from([good.authorized_keys_line()])
         };
         assert_eq!(
-            lines(&out),
+            out.lines(),
             expected,
             "case {i} ({key:?} = {hostile:?}, planted: {planted})"
         );
         assert!(
-            !stdout(&out).contains(&bare_key[12..]),
+            !out.stdout.contains(&bare_key[12..]),
             "case {i}: the evil key must never be printed"
         );
         let out = node.run(&["daemon", &evil_fp]);
-        assert_eq!(stdout(&out), "", "case {i}");
+        assert_eq!(out.stdout, "", "case {i}");
         if planted && i % 4 == 0 {
             // Now and then through the real sshd too.
             assert_eq!(sshd.login(&evil, "root"), Login::Refused, "case {i}");
@@ -482,11 +448,11 @@ fn hostile_annotations_never_yield_a_line() {
     cluster.set_node_annotation(&node.name, &corpus[2].0, Some(&corpus[2].1));
     let out = node.run(&["root"]);
     assert!(
-        stderr(&out).contains("ignoring invalid grant annotation"),
+        out.stderr.contains("ignoring invalid grant annotation"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
-    assert!(stderr(&out).contains("unknown option"), "{}", stderr(&out));
+    assert!(out.stderr.contains("unknown option"), "{}", out.stderr);
 }
 
 #[test]
@@ -501,24 +467,24 @@ fn expired_or_foreign_node_certificate_falls_back_to_the_cache() {
     let expired = cluster.node_kubeconfig("akc-cert", Validity::Expired);
     node.set_config(&expired, "freshness = \"0s\"");
     let out = node.run(&["root"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "");
-    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("valid only from"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert_eq!(out.stdout, "");
+    assert!(out.stderr.contains("401"), "{}", out.stderr);
+    assert!(out.stderr.contains("valid only from"), "{}", out.stderr);
 
     // Fill the cache with good credentials, then the expired certificate is served from it.
     let current = cluster.node_kubeconfig("akc-cert", Validity::Current);
     node.set_config(&current, "freshness = \"0s\"");
-    assert_eq!(stdout(&node.run(&["root"])), expected);
+    assert_eq!(node.run(&["root"]).stdout, expected);
     node.set_config(&expired, "freshness = \"0s\"");
     let sshd = node.sshd();
     assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
     let out = node.run(&["root"]);
-    assert_eq!(stdout(&out), expected);
+    assert_eq!(out.stdout, expected);
     assert!(
-        stderr(&out).contains("source=cache (API unavailable"),
+        out.stderr.contains("source=cache (API unavailable"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
 
     // A node certificate from another CA (another cluster): the API rejects it.
@@ -538,8 +504,8 @@ fn expired_or_foreign_node_certificate_falls_back_to_the_cache() {
     );
     node.set_config(&foreign_kubeconfig, "freshness = \"0s\"");
     let out = node.run(&["root"]);
-    assert_eq!(stdout(&out), expected, "served from the cache");
-    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+    assert_eq!(out.stdout, expected, "served from the cache");
+    assert!(out.stderr.contains("401"), "{}", out.stderr);
 
     // Another node's valid credentials with this node's name configured: refused, since it
     // would serve one node's grants on another.
@@ -547,12 +513,12 @@ fn expired_or_foreign_node_certificate_falls_back_to_the_cache() {
     let other = cluster.node_kubeconfig("akc-cert-other", Validity::Current);
     node.set_config(&other, "freshness = \"0s\"\nnode_name = \"akc-cert\"");
     let out = node.run(&["root"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "");
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert_eq!(out.stdout, "");
     assert!(
-        stderr(&out).contains("differs from the client certificate"),
+        out.stderr.contains("differs from the client certificate"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
 }
 
@@ -568,15 +534,15 @@ fn corrupt_foreign_or_unsafe_cache_is_never_trusted() {
     let key = node.key("corrupt");
     let grant = node.grant(&key, "root", in_hours(1));
     let expected = format!("{}\n", grant.authorized_keys_line());
-    assert_eq!(stdout(&node.run(&["root"])), expected);
+    assert_eq!(node.run(&["root"]).stdout, expected);
 
     // Garbage over the cache: detected, moved aside, rebuilt from the API.
     std::fs::write(&node.cache, vec![0x5a; 8192]).unwrap();
     let out = node.run(&["root"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&out), expected);
-    assert!(stderr(&out).contains("moved it to"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("source=api"), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, expected);
+    assert!(out.stderr.contains("moved it to"), "{}", out.stderr);
+    assert!(out.stderr.contains("source=api"), "{}", out.stderr);
     let aside = std::fs::read_dir(node.scratch.path())
         .unwrap()
         .filter_map(Result::ok)
@@ -584,11 +550,7 @@ fn corrupt_foreign_or_unsafe_cache_is_never_trusted() {
         .count();
     assert!(aside >= 1, "the corrupt file is kept aside for inspection");
     let out = node.run(&["root"]);
-    assert!(
-        stderr(&out).contains("source=cache (fresh"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(out.stderr.contains("source=cache (fresh"), "{}", out.stderr);
 
     // A foreign SQLite database (another program's) in its place: also not trusted.
     std::fs::remove_file(&node.cache).unwrap();
@@ -602,34 +564,34 @@ fn corrupt_foreign_or_unsafe_cache_is_never_trusted() {
         .expect("run sqlite3");
     assert!(status.success());
     let out = node.run(&["root"]);
-    assert_eq!(stdout(&out), expected);
+    assert_eq!(out.stdout, expected);
     assert!(
-        stderr(&out).contains("another program's database"),
+        out.stderr.contains("another program's database"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
 
     // A cache others may write is refused (and not used), the API still answers.
     std::fs::set_permissions(&node.cache, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = node.run(&["root"]);
-    assert_eq!(stdout(&out), expected);
+    assert_eq!(out.stdout, expected);
     assert!(
-        stderr(&out).contains("writable by group or others"),
+        out.stderr.contains("writable by group or others"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
-    assert!(stderr(&out).contains("source=api"), "{}", stderr(&out));
+    assert!(out.stderr.contains("source=api"), "{}", out.stderr);
     std::fs::set_permissions(&node.cache, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     // A config file others may write is refused outright: nothing printed, exit 2.
     std::fs::set_permissions(&node.config, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = node.run(&["root"]);
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(stdout(&out), "");
+    assert_eq!(out.stdout, "");
     assert!(
-        stderr(&out).contains("refusing the config file"),
+        out.stderr.contains("refusing the config file"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
     std::fs::set_permissions(&node.config, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
@@ -651,12 +613,12 @@ fn apiserver_outage_is_served_from_the_cache_within_the_deadline() {
     let expected = format!("{}\n", grant.authorized_keys_line());
     let sshd = node.sshd();
     assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
-    let refresh = command(&node.config, &["refresh"]).output().unwrap();
-    assert!(refresh.status.success(), "{}", stderr(&refresh));
+    let refresh = Checked::run(&mut command(&node.config, &["refresh"]));
+    assert!(refresh.status.success(), "{}", refresh.stderr);
     assert!(
-        stderr(&refresh).contains("1 valid grants"),
+        refresh.stderr.contains("1 valid grants"),
         "{}",
-        stderr(&refresh)
+        refresh.stderr
     );
 
     cluster.stop_apiserver();
@@ -664,11 +626,11 @@ fn apiserver_outage_is_served_from_the_cache_within_the_deadline() {
     let started = Instant::now();
     let out = node.run(&["root"]);
     let took = started.elapsed();
-    assert_eq!(stdout(&out), expected);
+    assert_eq!(out.stdout, expected);
     assert!(
-        stderr(&out).contains("source=cache (API unavailable"),
+        out.stderr.contains("source=cache (API unavailable"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
     assert!(
         took < Duration::from_secs(5),
@@ -693,12 +655,8 @@ fn apiserver_outage_is_served_from_the_cache_within_the_deadline() {
     let started = Instant::now();
     let out = node.run(&["root"]);
     let took = started.elapsed();
-    assert_eq!(stdout(&out), expected, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no complete answer"),
-        "{}",
-        stderr(&out)
-    );
+    assert_eq!(out.stdout, expected, "{}", out.stderr);
+    assert!(out.stderr.contains("no complete answer"), "{}", out.stderr);
     // Without the deadline this would hang for as long as the listener lives.
     assert!(took < Duration::from_secs(5), "returned after {took:?}");
     drop(blackhole);
@@ -710,16 +668,16 @@ fn apiserver_outage_is_served_from_the_cache_within_the_deadline() {
         "freshness = \"0s\"\nmax_stale = \"1s\"",
     );
     let out = node.run(&["root"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "");
-    assert!(stderr(&out).contains("max_stale"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert_eq!(out.stdout, "");
+    assert!(out.stderr.contains("max_stale"), "{}", out.stderr);
     assert_eq!(sshd.login(&key, "root"), Login::Refused);
 
     // The API back: logins via the API again.
     cluster.start_apiserver();
     let out = node.run(&["root"]);
-    assert_eq!(stdout(&out), expected);
-    assert!(stderr(&out).contains("source=api"), "{}", stderr(&out));
+    assert_eq!(out.stdout, expected);
+    assert!(out.stderr.contains("source=api"), "{}", out.stderr);
 }
 
 #[test]
@@ -736,11 +694,12 @@ fn check_diagnoses_the_node_with_fixes() {
     let sshd = node.sshd();
     assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
     let sshd_config = sshd.config.display().to_string();
-    let out = command(&node.config, &["--sshd-config", &sshd_config, "check"])
-        .output()
-        .unwrap();
-    let report = stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{report}{}", stderr(&out));
+    let out = Checked::run(&mut command(
+        &node.config,
+        &["--sshd-config", &sshd_config, "check"],
+    ));
+    let report = out.stdout;
+    assert_eq!(out.status.code(), Some(0), "{report}{}", out.stderr);
     assert!(
         report.contains("sshd runs AuthorizedKeysCommand"),
         "{report}"
@@ -769,13 +728,11 @@ fn check_diagnoses_the_node_with_fixes() {
             "AuthorizedKeysCommand /tmp/",
         ),
     );
-    let out = command(
+    let out = Checked::run(&mut command(
         &node.config,
         &["--sshd-config", &bad_sshd.display().to_string(), "check"],
-    )
-    .output()
-    .unwrap();
-    let report = stdout(&out);
+    ));
+    let report = out.stdout;
     assert_eq!(out.status.code(), Some(1), "{report}");
     assert!(
         report.contains("PROBLEM sshd will refuse /tmp/"),
@@ -805,13 +762,10 @@ impl NodeSetup<'_> {
 
     /// Runs `sqlite3` on the cache.
     fn sqlite(&self, sql: &str) -> String {
-        let out = Command::new("sqlite3")
-            .arg(&self.cache)
-            .arg(sql)
-            .output()
-            .expect("run sqlite3");
-        assert!(out.status.success(), "sqlite3 {sql}: {}", stderr(&out));
-        stdout(&out).trim().to_owned()
+        Checked::run(Command::new("sqlite3").arg(&self.cache).arg(sql))
+            .ok()
+            .trim()
+            .to_owned()
     }
 
     /// Files moved aside as corrupt so far.
@@ -837,25 +791,25 @@ fn a_deleted_node_has_no_grants_at_once_and_not_from_the_cache_either() {
     let key = node.key("deleted");
     let grant = node.grant(&key, "root", in_hours(1));
     assert_eq!(
-        stdout(&node.run(&["root"])),
+        node.run(&["root"]).stdout,
         format!("{}\n", grant.authorized_keys_line())
     );
 
     // No Node, no grants: the 404 is the API's answer, not an outage to ride out on the cache.
     cluster.kubectl_ok(&["delete", "node", "akc-deleted"]);
     let out = node.run(&["root"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "", "{}", stderr(&out));
-    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "", "{}", out.stderr);
+    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
 
     // And the cache learnt it: an outage afterwards serves nothing either.
     node.set_config(&node.refused_kubeconfig(), "freshness = \"0s\"");
     let out = node.run(&["root"]);
-    assert_eq!(stdout(&out), "", "{}", stderr(&out));
+    assert_eq!(out.stdout, "", "{}", out.stderr);
     assert!(
-        stderr(&out).contains("source=cache (API unavailable"),
+        out.stderr.contains("source=cache (API unavailable"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
 }
 
@@ -871,7 +825,7 @@ fn a_cache_row_dated_in_the_future_neither_outlives_a_revoke_nor_blocks_newer_an
     let key = node.key("future");
     let grant = node.grant(&key, "root", in_hours(1));
     let line = format!("{}\n", grant.authorized_keys_line());
-    assert_eq!(stdout(&node.run(&["root"])), line);
+    assert_eq!(node.run(&["root"]).stdout, line);
 
     // Revoked, and past the freshness window; then the wall clock says the row is 4 minutes
     // younger than it is (a clock stepped back, within the skew a fresh boot may have).
@@ -879,14 +833,14 @@ fn a_cache_row_dated_in_the_future_neither_outlives_a_revoke_nor_blocks_newer_an
     std::thread::sleep(Duration::from_millis(1200));
     node.sqlite("UPDATE node_grants SET fetched_at_ms = fetched_at_ms + 240000");
     let out = node.run(&["root"]);
-    assert_eq!(stdout(&out), "", "a revoked key: {}", stderr(&out));
-    assert!(stderr(&out).contains("source=api"), "{}", stderr(&out));
+    assert_eq!(out.stdout, "", "a revoked key: {}", out.stderr);
+    assert!(out.stderr.contains("source=api"), "{}", out.stderr);
 
     // A row dated a day ahead is replaced by the newest answer like any other...
     let again = node.grant(&key, "root", in_hours(2));
     let line = format!("{}\n", again.authorized_keys_line());
     node.sqlite("UPDATE node_grants SET fetched_at_ms = fetched_at_ms + 86400000");
-    assert_eq!(stdout(&node.run(&["root"])), line);
+    assert_eq!(node.run(&["root"]).stdout, line);
     let stored_ms: i64 = node
         .sqlite("SELECT fetched_at_ms FROM node_grants WHERE node = 'akc-future'")
         .parse()
@@ -896,7 +850,7 @@ fn a_cache_row_dated_in_the_future_neither_outlives_a_revoke_nor_blocks_newer_an
     // ... so an outage then serves it, instead of failing closed.
     node.set_config(&node.refused_kubeconfig(), "freshness = \"1s\"");
     let out = node.run(&["root"]);
-    assert_eq!(stdout(&out), line, "{}", stderr(&out));
+    assert_eq!(out.stdout, line, "{}", out.stderr);
 }
 
 #[test]
@@ -911,7 +865,7 @@ fn a_cache_with_damaged_pages_is_replaced_and_serves_the_next_outage() {
     let key = node.key("damaged");
     let grant = node.grant(&key, "root", in_hours(1));
     let line = format!("{}\n", grant.authorized_keys_line());
-    assert_eq!(stdout(&node.run(&["root"])), line);
+    assert_eq!(node.run(&["root"]).stdout, line);
 
     // Damage the table's pages, leaving the header and the schema (page 1) intact.
     node.sqlite("PRAGMA wal_checkpoint(TRUNCATE)");
@@ -931,28 +885,22 @@ fn a_cache_with_damaged_pages_is_replaced_and_serves_the_next_outage() {
         file.write_all(&vec![0xa5; page_size as usize]).unwrap();
     }
     let out = node.run(&["root"]);
-    assert_eq!(
-        stdout(&out),
-        line,
-        "the API still answers: {}",
-        stderr(&out)
-    );
-    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("moved it to"), "{}", stderr(&out));
+    assert_eq!(out.stdout, line, "the API still answers: {}", out.stderr);
+    assert!(out.stderr.contains("damaged"), "{}", out.stderr);
+    assert!(out.stderr.contains("moved it to"), "{}", out.stderr);
     assert_eq!(node.moved_aside().len(), 1, "kept aside for inspection");
 
     node.set_config(&node.refused_kubeconfig(), "freshness = \"0s\"");
     let out = node.run(&["root"]);
     assert_eq!(
-        stdout(&out),
-        line,
+        out.stdout, line,
         "served from the new cache: {}",
-        stderr(&out)
+        out.stderr
     );
     assert!(
-        !stderr(&out).contains("malformed"),
+        !out.stderr.contains("malformed"),
         "nothing left damaged: {}",
-        stderr(&out)
+        out.stderr
     );
 }
 
@@ -968,7 +916,7 @@ fn a_cache_locked_by_another_process_is_left_alone() {
     let key = node.key("locked");
     let grant = node.grant(&key, "root", in_hours(1));
     let line = format!("{}\n", grant.authorized_keys_line());
-    assert_eq!(stdout(&node.run(&["root"])), line);
+    assert_eq!(node.run(&["root"]).stdout, line);
 
     // A sqlite3 session holding the file exclusively, longer than the command waits.
     let mut holder = Command::new("sqlite3")
@@ -995,18 +943,18 @@ fn a_cache_locked_by_another_process_is_left_alone() {
     let holder = nodegate_testkit::process::KillOnDrop::new(holder);
     let out = node.run(&["root"]);
     assert!(node.moved_aside().is_empty(), "busy is not corrupt");
-    assert_eq!(stdout(&out), line, "the API answers: {}", stderr(&out));
+    assert_eq!(out.stdout, line, "the API answers: {}", out.stderr);
     assert!(
-        stderr(&out).contains("locked by another process"),
+        out.stderr.contains("locked by another process"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
     drop(holder);
 
     // The cached grants are all still there for an outage.
     node.set_config(&node.refused_kubeconfig(), "freshness = \"0s\"");
     let out = node.run(&["root"]);
-    assert_eq!(stdout(&out), line, "{}", stderr(&out));
+    assert_eq!(out.stdout, line, "{}", out.stderr);
 }
 
 #[test]
@@ -1030,13 +978,16 @@ fn fifty_parallel_first_calls_never_move_a_new_cache_aside() {
             .map(|_| command(&node.config, &["root"]).spawn().unwrap())
             .collect();
         for child in children {
-            let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "round {round}: {}", stderr(&out));
-            assert_eq!(stdout(&out), expected, "round {round}: {}", stderr(&out));
+            let out = Checked::of(
+                "authorized-keys-cmd root",
+                child.wait_with_output().unwrap(),
+            );
+            assert!(out.status.success(), "round {round}: {}", out.stderr);
+            assert_eq!(out.stdout, expected, "round {round}: {}", out.stderr);
             assert!(
-                !stderr(&out).contains("moved it to"),
+                !out.stderr.contains("moved it to"),
                 "round {round}: {}",
-                stderr(&out)
+                out.stderr
             );
         }
         assert!(node.moved_aside().is_empty(), "round {round}");
@@ -1056,23 +1007,12 @@ fn a_cached_row_of_another_node_is_never_served_here() {
     cluster.create_node("akc-whose-other");
     let other_kubeconfig = cluster.node_kubeconfig("akc-whose-other", Validity::Current);
     let key = node.key("whose");
-    let other_grant = Grant {
-        user: LoginUser::new("root").unwrap(),
-        key: GrantKey::parse(&key.public).unwrap(),
-        expiry: in_hours(1),
-        granted_by: GrantText::new("granted-by", "test").unwrap(),
-        granted_at: whole_seconds(Utc::now()),
-        reason: None,
-    };
-    cluster.set_node_annotation(
-        "akc-whose-other",
-        &other_grant.annotation_key(&AnnotationPrefix::default()),
-        Some(&other_grant.annotation_value()),
-    );
+    let other_grant = fixtures::grant(&key.public, "root", in_hours(1), None);
+    fixtures::put_grant(cluster, "akc-whose-other", &other_grant);
     // The cache holds the other node's row, read with the other node's own credentials.
     node.set_config(&other_kubeconfig, "freshness = \"1h\"");
     assert_eq!(
-        stdout(&node.run(&["root"])),
+        node.run(&["root"]).stdout,
         format!("{}\n", other_grant.authorized_keys_line())
     );
 
@@ -1083,20 +1023,20 @@ fn a_cached_row_of_another_node_is_never_served_here() {
         "freshness = \"1h\"\nnode_name = \"akc-whose-other\"",
     );
     let out = node.run(&["root"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "");
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert_eq!(out.stdout, "");
     assert!(
-        stderr(&out).contains("differs from the client certificate"),
+        out.stderr.contains("differs from the client certificate"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
 
     // This node's credentials and no name configured: the one row in the cache is not ours.
     node.set_config(&node.current_kubeconfig(), "freshness = \"1h\"");
     let out = node.run(&["root"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "", "{}", stderr(&out));
-    assert!(stderr(&out).contains("source=api"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "", "{}", out.stderr);
+    assert!(out.stderr.contains("source=api"), "{}", out.stderr);
 }
 
 #[test]
@@ -1109,12 +1049,12 @@ fn a_symlinked_cache_is_refused_and_never_written_through() {
     std::os::unix::fs::symlink(&target, &node.cache).unwrap();
     let out = node.run(&["root"]);
     assert_eq!(
-        stdout(&out),
+        out.stdout,
         format!("{}\n", grant.authorized_keys_line()),
         "the API still answers: {}",
-        stderr(&out)
+        out.stderr
     );
-    assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+    assert!(out.stderr.contains("symbolic link"), "{}", out.stderr);
     assert_eq!(
         std::fs::metadata(&target).unwrap().len(),
         0,
@@ -1138,7 +1078,7 @@ fn a_blackholed_api_is_waited_for_once_not_at_every_call() {
     let key = node.key("backoff");
     let grant = node.grant(&key, "root", in_hours(1));
     let line = format!("{}\n", grant.authorized_keys_line());
-    assert_eq!(stdout(&node.run(&["root"])), line);
+    assert_eq!(node.run(&["root"]).stdout, line);
 
     // An API that accepts connections and never answers.
     let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1157,12 +1097,8 @@ fn a_blackholed_api_is_waited_for_once_not_at_every_call() {
     let started = Instant::now();
     let out = node.run(&["root"]);
     assert!(started.elapsed() >= deadline, "the first call waits");
-    assert_eq!(stdout(&out), line, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no complete answer"),
-        "{}",
-        stderr(&out)
-    );
+    assert_eq!(out.stdout, line, "{}", out.stderr);
+    assert!(out.stderr.contains("no complete answer"), "{}", out.stderr);
     // The calls that follow (sshd makes several per login) do not wait the deadline again.
     for _ in 0..3 {
         let started = Instant::now();
@@ -1172,8 +1108,8 @@ fn a_blackholed_api_is_waited_for_once_not_at_every_call() {
             took < deadline,
             "waited {took:?} for an API known to be down"
         );
-        assert_eq!(stdout(&out), line, "{}", stderr(&out));
-        assert!(stderr(&out).contains("not asked again"), "{}", stderr(&out));
+        assert_eq!(out.stdout, line, "{}", out.stderr);
+        assert!(out.stderr.contains("not asked again"), "{}", out.stderr);
     }
     let sshd = node.sshd();
     assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
@@ -1181,7 +1117,7 @@ fn a_blackholed_api_is_waited_for_once_not_at_every_call() {
     // A working API is asked again at once: the failure was remembered for those credentials.
     node.set_config(&node.current_kubeconfig(), "freshness = \"0s\"");
     let out = node.run(&["root"]);
-    assert!(stderr(&out).contains("source=api"), "{}", stderr(&out));
+    assert!(out.stderr.contains("source=api"), "{}", out.stderr);
     drop(blackhole);
 }
 
@@ -1210,8 +1146,8 @@ fn check_says_how_long_a_revoked_key_works_while_the_api_is_unreachable() {
         ),
     )
     .unwrap();
-    let out = command(&node.config, &["check"]).output().unwrap();
-    let report = stdout(&out);
+    let out = Checked::run(&mut command(&node.config, &["check"]));
+    let report = out.stdout;
     assert!(
         report.contains("cached grants are served for up to 1day (max_stale)"),
         "{report}"
