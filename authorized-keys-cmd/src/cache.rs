@@ -108,7 +108,7 @@ pub struct CachedNode {
     pub annotations: BTreeMap<String, String>,
     /// When the request that read them was sent.
     pub stamp: Stamp,
-    /// The credentials that read them (see `serve::credentials_stamp`).
+    /// The credentials that read them (see `identity::credentials_stamp`).
     pub credentials: String,
 }
 
