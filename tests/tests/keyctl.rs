@@ -919,3 +919,585 @@ fn the_janitor_removes_grants_as_they_expire() {
     );
     ws.scratch.stop(&mut janitor, Duration::from_secs(5));
 }
+
+/// A grant value written straight onto a Node, bypassing keyctl: `reason` and `granted_by` are
+/// put in as given (only `"` and `\` escaped), so that any text can be planted.
+fn raw_grant_value(key_line: &str, expiry: &str, granted_by: &str, reason: &str) -> String {
+    let quote = |text: &str| text.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "login=\"root\",expiry-time=\"{expiry}\",granted-by=\"{}\",granted-at=\"20260101000000Z\",reason=\"{}\" {key_line}",
+        quote(granted_by),
+        quote(reason)
+    )
+}
+
+/// The annotation key a grant of `pub_file` to root has.
+fn root_grant_key(pub_file: &Path) -> String {
+    let line = std::fs::read_to_string(pub_file).expect("read .pub");
+    let key = GrantKey::parse(line.trim()).expect("valid key");
+    let user = nodegate_core::LoginUser::new("root").expect("valid login user");
+    format!("{PREFIX}/{}", Grant::annotation_name_for(&user, &key))
+}
+
+#[test]
+fn grants_holding_html_special_and_separator_characters_can_be_revoked_and_pruned() {
+    let cluster = cluster();
+    let node = "kc-escaped";
+    cluster.create_node(node);
+    let ws = Workstation::new("kc-escaped");
+    // A granter whose name the API server's JSON encoding escapes (`<`, `&`, `>`).
+    let name = "ops<r&d>";
+    cluster.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        "kc-escaped-granter",
+        "--clusterrole=nodegate-keyctl-granter",
+        &format!("--user={name}"),
+    ]);
+    let granter = kubeconfig(name);
+    let key = ws.keygen("escaped");
+    // A key comment with the same characters.
+    let line = std::fs::read_to_string(&key).unwrap();
+    let commented = ws.scratch.write(
+        "commented.pub",
+        format!("{} <R&D laptop>\n", line.rsplit_once(' ').unwrap().0),
+    );
+    assert_ok(&ws.keyctl(
+        &granter,
+        &[
+            "grant",
+            node,
+            "--expires",
+            "1h",
+            "--key",
+            commented.to_str().unwrap(),
+            "--reason",
+            "R&D disk <full> & more",
+        ],
+    ));
+    let stored = prefixed(node);
+    let value = stored.values().next().expect("the grant");
+    assert!(
+        value.contains("granted-by=\"ops<r&d>\"") && value.contains("R&D disk <full>"),
+        "{value}"
+    );
+
+    let fp = fingerprint(&key);
+    let out = ws.keyctl(&granter, &["revoke", node, "--fingerprint", &fp]);
+    assert!(assert_ok(&out).contains(&format!("{node}: removed {fp} for root")));
+    assert!(
+        prefixed(node).is_empty(),
+        "the grant is gone: {:?}",
+        prefixed(node)
+    );
+
+    // What only another writer could put there: an expired grant and an invalid annotation
+    // with U+2028, U+2029, `&`, `<` and `>`, both removed by prune.
+    let other = ws.keygen("other");
+    let other_line = std::fs::read_to_string(&other).unwrap();
+    let expired_key = root_grant_key(&other);
+    cluster.set_node_annotation(
+        node,
+        &expired_key,
+        Some(&raw_grant_value(
+            other_line.trim(),
+            "20260102000000Z",
+            "a&b",
+            "<R&D>",
+        )),
+    );
+    let invalid_key = format!("{PREFIX}/g.root.0000000000000abc");
+    cluster.set_node_annotation(
+        node,
+        &invalid_key,
+        Some("login=\"root\" R&D\u{2028}<x>\u{2029}"),
+    );
+    let out = ws.keyctl(cluster.admin_kubeconfig(), &["prune", node, "--invalid"]);
+    let text = assert_ok(&out);
+    assert!(
+        text.contains(&format!("removed {}", fingerprint(&other))),
+        "{text}"
+    );
+    assert!(
+        text.contains("removed invalid annotation g.root.0000000000000abc"),
+        "{text}"
+    );
+    assert!(prefixed(node).is_empty(), "{:?}", prefixed(node));
+}
+
+#[test]
+fn odd_expiries_are_refused_with_one_clear_message() {
+    let cluster = cluster();
+    let node = "kc-expiries";
+    cluster.create_node(node);
+    let ws = Workstation::new("kc-expiries");
+    let admin = cluster.admin_kubeconfig();
+    let key = ws.keygen("k");
+    let key = key.to_str().unwrap();
+    for far in [
+        "1000y",
+        "8000y",
+        "366d",
+        "100000000000y",
+        "2999-01-01T00:00:00Z",
+    ] {
+        let out = ws.keyctl(admin, &["grant", node, "--expires", far, "--key", key]);
+        assert_eq!(out.status.code(), Some(1), "--expires {far} was accepted");
+        let err = stderr(&out);
+        assert!(
+            err.contains("--expires may be at most 365d; for a grant without end use --permanent"),
+            "--expires {far}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "one message: {err}");
+    }
+    assert!(prefixed(node).is_empty(), "nothing was written");
+    assert_ok(&ws.keyctl(admin, &["grant", node, "--expires", "365d", "--key", key]));
+    assert_eq!(grants_on(node).valid.len(), 1);
+
+    // A leap second in an annotation's time: not a valid grant, reported as such.
+    let other = ws.keygen("leap");
+    let other_line = std::fs::read_to_string(&other).unwrap();
+    let leap_key = root_grant_key(&other);
+    for (expiry, granted_at) in [
+        ("20991231235960Z", "20260101000000Z"),
+        ("20991231235959Z", "20261231235960Z"),
+    ] {
+        let value = raw_grant_value(other_line.trim(), expiry, "x", "leap")
+            .replace("20260101000000Z", granted_at);
+        cluster.set_node_annotation(node, &leap_key, Some(&value));
+        let listing = assert_ok(&ws.keyctl(admin, &["list", node, "-o", "json"]));
+        let listing: serde_json::Value = serde_json::from_str(&listing).unwrap();
+        assert_eq!(
+            listing["grants"].as_array().map(Vec::len),
+            Some(1),
+            "the leap-second grant is not valid: {listing}"
+        );
+        let invalid = listing["invalid"].as_array().unwrap();
+        assert_eq!(invalid.len(), 1, "{listing}");
+        assert!(
+            invalid[0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("YYYYMMDDHHMMSSZ"),
+            "{listing}"
+        );
+    }
+}
+
+#[test]
+fn invisible_text_is_refused_at_the_flag_and_never_printed_raw() {
+    let cluster = cluster();
+    let node = "kc-invisible";
+    cluster.create_node(node);
+    let ws = Workstation::new("kc-invisible");
+    let admin = cluster.admin_kubeconfig();
+    let key = ws.keygen("k");
+    let invisible = [
+        ('\u{61c}', "U+061C"),
+        ('\u{2028}', "U+2028"),
+        ('\u{2029}', "U+2029"),
+        ('\u{e0041}', "U+E0041"),
+    ];
+    for (c, code) in invisible {
+        let reason = format!("disk{c}full");
+        let out = ws.keyctl(
+            admin,
+            &[
+                "grant",
+                node,
+                "--expires",
+                "1h",
+                "--key",
+                key.to_str().unwrap(),
+                "--reason",
+                &reason,
+            ],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "--reason with {code} was accepted"
+        );
+        let err = stderr(&out);
+        assert!(err.contains("--reason") && err.contains(code), "{err}");
+        assert!(!err.contains(c), "the character itself is printed: {err:?}");
+    }
+    assert!(prefixed(node).is_empty(), "nothing was written");
+
+    // Written by someone else: not a grant, and shown escaped wherever keyctl prints it.
+    let key_line = std::fs::read_to_string(&key).unwrap();
+    for (i, (c, _)) in invisible.iter().enumerate() {
+        let other = ws.keygen(&format!("other{i}"));
+        let other_line = std::fs::read_to_string(&other).unwrap();
+        cluster.set_node_annotation(
+            node,
+            &root_grant_key(&other),
+            Some(&raw_grant_value(
+                other_line.trim(),
+                "20991231000000Z",
+                &format!("mallory{c}"),
+                &format!("disk{c}full"),
+            )),
+        );
+    }
+    cluster.set_node_annotation(
+        node,
+        &root_grant_key(&key),
+        Some(&raw_grant_value(
+            key_line.trim(),
+            "20991231000000Z",
+            "x",
+            "ok",
+        )),
+    );
+    let out = ws.keyctl(admin, &["list", node, "-o", "json"]);
+    let listing: serde_json::Value = serde_json::from_str(&assert_ok(&out)).unwrap();
+    assert_eq!(
+        listing["grants"].as_array().map(Vec::len),
+        Some(1),
+        "{listing}"
+    );
+    assert_eq!(
+        listing["invalid"].as_array().map(Vec::len),
+        Some(4),
+        "{listing}"
+    );
+    let table = ws.keyctl(admin, &["list", node]);
+    let revoke = ws.keyctl(admin, &["revoke", node, "--all", "--dry-run"]);
+    for out in [&out, &table, &revoke] {
+        for text in [stdout(out), stderr(out)] {
+            for (c, code) in invisible {
+                assert!(!text.contains(c), "{code} printed raw: {text:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn certificates_and_unreadable_files_are_explained_once() {
+    let ws = Workstation::new("kc-messages");
+    let admin = cluster().admin_kubeconfig();
+    let key = ws.keygen("user");
+    let ca = ws.keygen("ca");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(ca.with_extension(""))
+        .args(["-I", "test", "-n", "root"])
+        .arg(&key)
+        .status()
+        .expect("run ssh-keygen -s");
+    assert!(status.success());
+    let cert = ws.scratch.join("user-cert.pub");
+    assert!(cert.is_file());
+    let out = ws.keyctl(
+        admin,
+        &[
+            "grant",
+            "n",
+            "--expires",
+            "1h",
+            "--key",
+            cert.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("is an OpenSSH certificate (ssh-ed25519-cert-v01@openssh.com)")
+            && err.contains("give the plain public key"),
+        "{err}"
+    );
+    assert!(!err.contains("trailing data"), "{err}");
+
+    let garbage = ws
+        .scratch
+        .write("garbage.pub", "ssh-ed25519 AAAA!!!notbase64\n");
+    let cases: Vec<(PathBuf, Vec<String>, &str)> = vec![
+        (
+            PathBuf::from("/nonexistent/kubeconfig"),
+            vec!["list".into()],
+            "No such file or directory",
+        ),
+        (
+            admin.to_owned(),
+            ["grant", "n", "--expires", "1h", "--key", "/nonexistent.pub"]
+                .map(String::from)
+                .to_vec(),
+            "No such file or directory",
+        ),
+        (
+            admin.to_owned(),
+            vec![
+                "grant".into(),
+                "n".into(),
+                "--expires".into(),
+                "1h".into(),
+                "--key".into(),
+                garbage.to_str().unwrap().into(),
+            ],
+            "not an OpenSSH public key",
+        ),
+    ];
+    for (kubeconfig, args, cause) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = ws.keyctl(&kubeconfig, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert_eq!(
+            err.matches(cause).count(),
+            1,
+            "{args:?}: the cause once: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{args:?}: one message: {err}");
+    }
+}
+
+/// A Node labelled so is guarded by the test admission policy: it must keep every annotation
+/// that its annotation [`PROTECTS`] lists (comma-separated keys).
+const PROTECTED_LABEL: (&str, &str) = ("nodegate-test/protected", "yes");
+const PROTECTS: &str = "nodegate-test.example/protects";
+
+/// A validating admission webhook (Python's http.server over TLS, certificate from the test
+/// CA) that refuses to let protected annotations go from labelled Nodes: what a policy engine
+/// (Gatekeeper, Kyverno) does in real clusters, and one of the ways a server refuses one
+/// removal and not the others. It judges the new object only (this API server's webhook
+/// requests for patches carry the patched object as `oldObject` too). Started once; returns
+/// when the API server enforces it.
+fn protected_annotations_policy() {
+    static READY: OnceLock<(Scratch, nodegate_testkit::process::Daemon)> = OnceLock::new();
+    let cluster = cluster();
+    READY.get_or_init(|| {
+        let scratch = Scratch::new("kc-webhook");
+        let serving = cluster
+            .pki
+            .server("protect-webhook", "protect-webhook", &[]);
+        let script = scratch.write(
+            "webhook.py",
+            r#"
+import http.server, json, ssl, sys
+port, cert, key, protects = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        request = review["request"]
+        annotations = ((request.get("object") or {}).get("metadata") or {}).get("annotations") or {}
+        protected = [k for k in annotations.get(protects, "").split(",") if k]
+        missing = [k for k in protected if k not in annotations]
+        response = {"uid": request["uid"], "allowed": not missing}
+        if missing:
+            response["status"] = {"code": 403, "message": "%s is protected by the test policy" % missing[0]}
+        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                           "response": response}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print("ready", flush=True)
+server.serve_forever()
+"#,
+        );
+        let port = nodegate_testkit::process::free_port();
+        let mut daemon = scratch.spawn(
+            "webhook",
+            Command::new("python3")
+                .arg(&script)
+                .arg(port.to_string())
+                .arg(&serving.cert)
+                .arg(&serving.key)
+                .arg(PROTECTS),
+        );
+        assert!(
+            wait_until(Duration::from_secs(20), || daemon.log().contains("ready")),
+            "webhook did not start: {}",
+            daemon.log()
+        );
+        assert!(daemon.is_running());
+        let ca = Command::new("base64")
+            .arg("-w0")
+            .arg(cluster.pki.ca_cert())
+            .output()
+            .expect("run base64");
+        let config = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "nodegate-test-protected-annotations"},
+            "webhooks": [{
+                "name": "protect.nodegate.test",
+                "clientConfig": {
+                    "url": format!("https://127.0.0.1:{port}/"),
+                    "caBundle": String::from_utf8(ca.stdout).expect("base64 is ASCII").trim(),
+                },
+                "rules": [{"operations": ["UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                           "resources": ["nodes"]}],
+                "objectSelector": {"matchLabels": {PROTECTED_LABEL.0: PROTECTED_LABEL.1}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+            }],
+        });
+        cluster.apply(&config.to_string());
+        // The API server picks the configuration up asynchronously: wait until a protected
+        // probe annotation cannot be removed any more.
+        let probe = "kc-protected-probe";
+        cluster.create_nodes(&[probe.to_owned()], &[PROTECTED_LABEL]);
+        let mut answer = String::new();
+        cluster.set_node_annotation(probe, "example.com/probe", Some("x"));
+        cluster.set_node_annotation(probe, PROTECTS, Some("example.com/probe"));
+        let enforced = wait_until(Duration::from_secs(30), || {
+            cluster.set_node_annotation(probe, "example.com/probe", Some("x"));
+            let out = cluster.kubectl(&["annotate", "node", probe, "example.com/probe-"]);
+            answer = String::from_utf8_lossy(&out.stderr).into_owned();
+            !out.status.success() && answer.contains("protected by the test policy")
+        });
+        assert!(
+            enforced,
+            "the webhook is not enforced ({answer}); its log: {}",
+            daemon.log()
+        );
+        (scratch, daemon)
+    });
+}
+
+/// Plants, on `node`: two expired grants (one with `&` and `<>` in its reason), an expired grant
+/// and an invalid annotation the policy protects, and a grant still valid. Returns the
+/// fingerprints of the removable expired grants, of the protected one, and the protected
+/// invalid annotation's key.
+fn plant_cleanup_case(ws: &Workstation, node: &str) -> (Vec<String>, String, String) {
+    let cluster = cluster();
+    let plant = |name: &str, expiry: &str, reason: &str| {
+        let key = ws.keygen(name);
+        let line = std::fs::read_to_string(&key).expect("read .pub");
+        let annotation = root_grant_key(&key);
+        cluster.set_node_annotation(
+            node,
+            &annotation,
+            Some(&raw_grant_value(line.trim(), expiry, "test", reason)),
+        );
+        (fingerprint(&key), annotation)
+    };
+    let removable = vec![
+        plant("expired-a", "20260101010000Z", "disk full").0,
+        plant("expired-b", "20260101020000Z", "R&D <disk>").0,
+    ];
+    let (protected, protected_key) = plant("expired-protected", "20260101030000Z", "kept");
+    plant("valid", "20991231000000Z", "still needed");
+    let invalid = format!("{PREFIX}/g.root.protected");
+    cluster.set_node_annotation(node, &invalid, Some("not a grant"));
+    cluster.set_node_annotation(node, PROTECTS, Some(&format!("{protected_key},{invalid}")));
+    (removable, protected, invalid)
+}
+
+#[test]
+fn one_refused_removal_never_blocks_the_others() {
+    protected_annotations_policy();
+    let cluster = cluster();
+    let node = "kc-refused-one";
+    cluster.create_nodes(&[node.to_owned()], &[PROTECTED_LABEL]);
+    let ws = Workstation::new("kc-refused-one");
+    let (removable, protected, invalid) = plant_cleanup_case(&ws, node);
+
+    let out = ws.keyctl(cluster.admin_kubeconfig(), &["prune", node, "--invalid"]);
+    assert_eq!(out.status.code(), Some(1), "a refused removal is a failure");
+    let (text, err) = (stdout(&out), stderr(&out));
+    for fp in &removable {
+        assert!(
+            text.contains(&format!("{node}: removed {fp} for root")),
+            "{text}\n{err}"
+        );
+    }
+    let refused_lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("could not remove"))
+        .collect();
+    assert_eq!(refused_lines.len(), 2, "each refusal once: {err}");
+    assert!(
+        err.contains(&format!(
+            "error: node {node}: could not remove the invalid annotation {invalid}: admission webhook \"protect.nodegate.test\" denied the request: {invalid} is protected by the test policy"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "could not remove the grant of {protected} for root"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("1 of 1 nodes failed"), "{err}");
+
+    let left = grants_on(node);
+    let mut fingerprints: Vec<String> = left
+        .valid
+        .iter()
+        .map(|g| g.key.fingerprint().to_string())
+        .collect();
+    fingerprints.sort();
+    assert_eq!(
+        fingerprints.len(),
+        2,
+        "the protected and the valid grant stay"
+    );
+    assert!(fingerprints.contains(&protected));
+    assert!(prefixed(node).contains_key(&invalid));
+    assert!(
+        event_reasons(node)
+            .iter()
+            .filter(|r| *r == "SSHKeyExpired")
+            .count()
+            >= 2
+    );
+}
+
+#[test]
+fn the_janitor_reports_a_refused_removal_once_and_goes_on() {
+    protected_annotations_policy();
+    let cluster = cluster();
+    let node = "kc-janitor-refused";
+    let selector = ("nodegate-test/janitor-refused", "yes");
+    cluster.create_nodes(&[node.to_owned()], &[PROTECTED_LABEL, selector]);
+    let ws = Workstation::new("kc-janitor-refused");
+    let (_, protected, invalid) = plant_cleanup_case(&ws, node);
+
+    let mut janitor = ws.scratch.spawn(
+        "janitor",
+        Command::new(workspace_bin("keyctl"))
+            .arg("--kubeconfig")
+            .arg(cluster.admin_kubeconfig())
+            .args(["janitor", "--invalid", "--interval", "1s"])
+            .args(["-l", &format!("{}={}", selector.0, selector.1)]),
+    );
+    let cleaned = wait_until(Duration::from_secs(30), || grants_on(node).valid.len() == 2);
+    assert!(
+        cleaned,
+        "the other expired grants stay; janitor log:\n{}",
+        janitor.log_tail(30)
+    );
+    // Several periodic passes, and a change of the node (a new annotation) in between.
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.set_node_annotation(node, "example.com/unrelated", Some("x"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(janitor.is_running());
+    let log = janitor.log();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("could not remove"))
+        .collect();
+    assert_eq!(refusals.len(), 2, "each refusal logged once:\n{log}");
+    assert!(
+        refusals
+            .iter()
+            .any(|l| l.contains(&invalid) && l.contains("denied the request")),
+        "{log}"
+    );
+    assert!(refusals.iter().any(|l| l.contains(&protected)), "{log}");
+    assert_eq!(log.matches("removed expired grant").count(), 2, "{log}");
+    assert!(prefixed(node).contains_key(&invalid));
+    ws.scratch.stop(&mut janitor, Duration::from_secs(5));
+}
