@@ -1,4 +1,5 @@
-//! Command line: `authorized-keys-cmd [OPTIONS] USER [FINGERPRINT] | check | refresh`.
+//! Command line: `authorized-keys-cmd [OPTIONS] USER [FINGERPRINT] | check | refresh`, and
+//! `authorized-keys-cmd export-kubeconfig [--from PATH] [--to PATH] [--group NAME]` (run as root).
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -9,6 +10,7 @@ use std::time::Instant;
 use crate::answer::LookupError;
 use crate::check::{self, SshdLocation};
 use crate::config::{ConfigError, Overrides, Settings};
+use crate::export_kubeconfig::{self, ExportError, ExportOptions};
 use crate::logger::Logger;
 use crate::refresh::RefreshError;
 use crate::{answer, refresh};
@@ -16,7 +18,8 @@ use crate::{answer, refresh};
 /// Exit status: the answer was printed (possibly no lines).
 pub const EXIT_OK: u8 = 0;
 /// Exit status: no trustworthy grants could be had (API down and cache missing or too old);
-/// nothing was printed. `check`: problems were found.
+/// nothing was printed. `check`: problems were found. `refresh`: it failed. `export-kubeconfig`:
+/// nothing was exported (the output file is as it was).
 pub const EXIT_FAILED_CLOSED: u8 = 1;
 /// Exit status: bad command line or configuration; nothing was printed.
 pub const EXIT_USAGE: u8 = 2;
@@ -25,6 +28,8 @@ const USAGE: &str = "\
 usage: authorized-keys-cmd [OPTIONS] USER [FINGERPRINT]   print the keys granted to USER (for sshd: %u %f)
        authorized-keys-cmd [OPTIONS] check                diagnose this node, each problem with a fix
        authorized-keys-cmd [OPTIONS] refresh              refresh the cache from the API
+       authorized-keys-cmd export-kubeconfig [--from PATH] [--to PATH] [--group NAME]
+                  (as root) write the kubelet's credentials, embedded, for the user sshd runs this as
 
 options:
   --config PATH      config file (default /etc/nodegate/authorized-keys-cmd.toml)
@@ -34,9 +39,14 @@ options:
   --prefix PREFIX    the annotation prefix (default ssh.nodegate.dev)
   --verbose, -v      also write diagnostics to stderr (they always go to the system log)
   check only: --sshd PATH (default /usr/sbin/sshd), --sshd-config PATH (default /etc/ssh/sshd_config)
+  export-kubeconfig only (it reads no config file):
+    --from PATH      the kubelet's kubeconfig (default: the first found where kubeadm, EKS, k3s put it)
+    --to PATH        the file written, mode 0640 (default /var/lib/nodegate/node.kubeconfig)
+    --group NAME     the group that may read it, a name or a gid (default nodegate)
 
 exit status: 0 answered (possibly no keys), 1 no trustworthy grants: nothing printed (check: problems
-found), 2 usage or configuration error. sshd ignores all output of a non-zero exit.";
+found; refresh: failed; export-kubeconfig: nothing exported), 2 usage or configuration error.
+sshd ignores all output of a non-zero exit.";
 
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +65,11 @@ pub enum Mode {
     ),
     /// Refresh the cache.
     Refresh,
+    /// Write the kubelet's credentials, embedded, for the command's user (run as root).
+    ExportKubeconfig(
+        /// From where, to where, for which group.
+        ExportOptions,
+    ),
     /// Print usage.
     Help,
     /// Print the version.
@@ -97,6 +112,14 @@ pub enum UsageError {
     /// `--sshd`/`--sshd-config` outside `check`.
     #[error("--sshd and --sshd-config are for check only")]
     SshdOutsideCheck,
+    /// `--from`/`--to`/`--group` outside `export-kubeconfig`.
+    #[error("--from, --to and --group are for export-kubeconfig only")]
+    ExportOptionsOutsideExport,
+    /// A lookup option given to `export-kubeconfig`.
+    #[error(
+        "{0} does not apply to export-kubeconfig, which reads no config file: pass the kubelet's kubeconfig with --from, the file to write with --to"
+    )]
+    NotForExport(&'static str),
 }
 
 /// Everything that ends a run with a non-zero exit status. [`Failure::exit_code`] is the one
@@ -131,6 +154,9 @@ pub enum Failure {
     /// `refresh` failed.
     #[error("refresh failed: {0}")]
     Refresh(#[from] RefreshError),
+    /// `export-kubeconfig` failed; the output file is as it was.
+    #[error("{0}")]
+    Export(#[from] ExportError),
     /// `check` found problems (its report says which).
     #[error("check found problems")]
     CheckFoundProblems,
@@ -144,6 +170,7 @@ impl Failure {
             Self::FailedClosed { .. }
             | Self::Stdout(_)
             | Self::Refresh(_)
+            | Self::Export(_)
             | Self::CheckFoundProblems => EXIT_FAILED_CLOSED,
         }
     }
@@ -161,6 +188,8 @@ where
     let mut verbose = false;
     let mut sshd = SshdLocation::default();
     let mut sshd_given = false;
+    let mut export = ExportOptions::default();
+    let mut export_given = false;
     let mut positional: Vec<String> = Vec::new();
     let text =
         |v: OsString, what: &'static str| v.into_string().map_err(|_| UsageError::NotUtf8(what));
@@ -180,6 +209,18 @@ where
             Long("sshd-config") => {
                 sshd.config = PathBuf::from(parser.value()?);
                 sshd_given = true;
+            }
+            Long("from") => {
+                export.from = Some(parser.value()?.into());
+                export_given = true;
+            }
+            Long("to") => {
+                export.to = parser.value()?.into();
+                export_given = true;
+            }
+            Long("group") => {
+                export.group = text(parser.value()?, "--group")?;
+                export_given = true;
             }
             Long("verbose") | Short('v') => verbose = true,
             Long("help") | Short('h') => {
@@ -205,6 +246,7 @@ where
     let mode = match positional.as_slice() {
         [cmd] if cmd == "check" => Mode::Check(sshd.clone()),
         [cmd] if cmd == "refresh" => Mode::Refresh,
+        [cmd] if cmd == "export-kubeconfig" => Mode::ExportKubeconfig(export),
         [user] => Mode::Lookup {
             user: user.clone(),
             fingerprint: None,
@@ -218,6 +260,21 @@ where
     };
     if sshd_given && !matches!(mode, Mode::Check(_)) {
         return Err(UsageError::SshdOutsideCheck);
+    }
+    if export_given && !matches!(mode, Mode::ExportKubeconfig(_)) {
+        return Err(UsageError::ExportOptionsOutsideExport);
+    }
+    if matches!(mode, Mode::ExportKubeconfig(_)) {
+        let lookup_options = [
+            ("--config", overrides.config.is_some()),
+            ("--kubeconfig", overrides.kubeconfig.is_some()),
+            ("--node-name", overrides.node_name.is_some()),
+            ("--cache", overrides.cache.is_some()),
+            ("--prefix", overrides.prefix.is_some()),
+        ];
+        if let Some((flag, _)) = lookup_options.iter().find(|(_, given)| *given) {
+            return Err(UsageError::NotForExport(flag));
+        }
     }
     Ok(Invocation {
         mode,
@@ -239,6 +296,21 @@ pub fn main() -> ExitCode {
             return ExitCode::from(failure.exit_code());
         }
     };
+    if let Mode::ExportKubeconfig(options) = &invocation.mode {
+        // An administrator's command, run by a root systemd unit: its one message goes to
+        // stderr (the unit's journal), not to the auth log.
+        return match export_kubeconfig::export(options) {
+            Ok(exported) => {
+                eprintln!("authorized-keys-cmd export-kubeconfig: {exported}");
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => {
+                let failure = Failure::from(e);
+                eprintln!("authorized-keys-cmd export-kubeconfig: {failure}");
+                ExitCode::from(failure.exit_code())
+            }
+        };
+    }
     let mut log = Logger::new(invocation.verbose);
     match run(invocation, &mut log, started) {
         Ok(()) => ExitCode::from(EXIT_OK),
@@ -314,7 +386,8 @@ fn run(invocation: Invocation, log: &mut Logger, started: Instant) -> Result<(),
                 _ => Ok(()),
             }
         }
-        Mode::Help | Mode::Version => Ok(()),
+        // Handled in `main`, before the logger: it needs neither settings nor the auth log.
+        Mode::Help | Mode::Version | Mode::ExportKubeconfig(_) => Ok(()),
     }
 }
 
@@ -344,5 +417,60 @@ mod tests {
         assert!(parse(["a", "b", "c"]).is_err());
         assert!(parse(["--bogus", "root"]).is_err());
         assert!(parse(["--sshd", "/x", "root"]).is_err());
+    }
+
+    #[test]
+    fn parses_export_kubeconfig_and_refuses_options_of_other_modes() {
+        assert_eq!(
+            parse(["export-kubeconfig"]).unwrap().mode,
+            Mode::ExportKubeconfig(ExportOptions::default())
+        );
+        let inv = parse([
+            "export-kubeconfig",
+            "--from",
+            "/etc/k/kubelet.conf",
+            "--to",
+            "/tmp/out",
+            "--group",
+            "wheel",
+        ])
+        .unwrap();
+        assert_eq!(
+            inv.mode,
+            Mode::ExportKubeconfig(ExportOptions {
+                from: Some("/etc/k/kubelet.conf".into()),
+                to: "/tmp/out".into(),
+                group: "wheel".into(),
+            })
+        );
+        // With %f, a user named "export-kubeconfig" is looked up.
+        assert!(matches!(
+            parse(["export-kubeconfig", "SHA256:x"]).unwrap().mode,
+            Mode::Lookup { .. }
+        ));
+        assert!(matches!(
+            parse(["--from", "/x", "root"]),
+            Err(UsageError::ExportOptionsOutsideExport)
+        ));
+        assert!(matches!(
+            parse(["--group", "g", "refresh"]),
+            Err(UsageError::ExportOptionsOutsideExport)
+        ));
+        assert!(matches!(
+            parse(["--kubeconfig", "/x", "export-kubeconfig"]),
+            Err(UsageError::NotForExport("--kubeconfig"))
+        ));
+        assert!(matches!(
+            parse(["export-kubeconfig", "--cache", "/x"]),
+            Err(UsageError::NotForExport("--cache"))
+        ));
+        assert!(matches!(
+            parse(["export-kubeconfig", "--sshd", "/x"]),
+            Err(UsageError::SshdOutsideCheck)
+        ));
+        let exit = Failure::from(ExportError::NoGroup { group: "g".into() }).exit_code();
+        assert_eq!(exit, EXIT_FAILED_CLOSED);
+        let usage = Failure::from(UsageError::NotForExport("--config")).exit_code();
+        assert_eq!(usage, EXIT_USAGE);
     }
 }

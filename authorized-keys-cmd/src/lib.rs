@@ -16,6 +16,7 @@ pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod export_kubeconfig;
 pub mod identity;
 pub mod kubeconfig;
 pub mod logger;
