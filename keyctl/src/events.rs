@@ -143,8 +143,9 @@ impl AuditTrail {
         // The change itself succeeded; a missing audit event is worth a warning, not a failure.
         if let Err(error) = self.events.create(&PostParams::default(), &event).await {
             tracing::warn!(
-                "could not record the {} event on node {node_name}: {error}",
-                change.reason()
+                "could not record the {} event on node {node_name}: {}",
+                change.reason(),
+                crate::errors::describe_kube_error(&error)
             );
         }
     }

@@ -214,3 +214,73 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::remove::Refusal;
+
+    fn refusal(key: &str, value: &str, reason: &str) -> Refusal {
+        Refusal {
+            what: Removed::Invalid {
+                name: key.rsplit('/').next().unwrap_or(key).to_owned(),
+            },
+            key: key.to_owned(),
+            value: value.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    fn refused(refusals: Vec<Refusal>) -> NodeRemoval {
+        NodeRemoval {
+            removed: Vec::new(),
+            refused: refusals,
+        }
+    }
+
+    fn choice(held: &HeldBackRemovals, now: Instant) -> JanitorChoice<'_> {
+        JanitorChoice {
+            expired: ExpiredChoice {
+                now: Utc::now(),
+                invalid: true,
+            },
+            held,
+            now,
+        }
+    }
+
+    #[test]
+    fn a_refused_removal_waits_longer_each_time_it_is_refused_the_same_way() {
+        let mut held = HeldBackRemovals::new();
+        let key = "ssh.nodegate.dev/g.root.x";
+        note_refusals(&mut held, "n1", refused(vec![refusal(key, "v", "denied")]));
+        let slot = ("n1".to_owned(), key.to_owned());
+        assert_eq!(held[&slot].wait, FIRST_WAIT);
+        let start = Instant::now();
+        assert!(choice(&held, start).holds_back("n1", key, "v"));
+        assert!(
+            !choice(&held, start).holds_back("n2", key, "v"),
+            "other node"
+        );
+        assert!(
+            !choice(&held, start).holds_back("n1", key, "v2"),
+            "a changed value is tried at once"
+        );
+        assert!(
+            !choice(&held, start + FIRST_WAIT + Duration::from_secs(1)).holds_back("n1", key, "v")
+        );
+
+        for expected in [2, 4, 8, 16, 32, 60, 60] {
+            note_refusals(&mut held, "n1", refused(vec![refusal(key, "v", "denied")]));
+            assert_eq!(held[&slot].wait, Duration::from_secs(expected * 60));
+        }
+        // Another reason is news: reported again, and the wait starts over.
+        note_refusals(
+            &mut held,
+            "n1",
+            refused(vec![refusal(key, "v", "webhook down")]),
+        );
+        assert_eq!(held[&slot].wait, FIRST_WAIT);
+        assert_eq!(held[&slot].reason, "webhook down");
+    }
+}
