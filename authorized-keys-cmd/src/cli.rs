@@ -188,8 +188,8 @@ where
     let mut verbose = false;
     let mut sshd = SshdLocation::default();
     let mut sshd_given = false;
-    let mut export = ExportOptions::default();
-    let mut export_given = false;
+    // Only collected here: the export defaults are built in its mode alone.
+    let (mut from, mut to, mut group) = (None, None, None);
     let mut positional: Vec<String> = Vec::new();
     let text =
         |v: OsString, what: &'static str| v.into_string().map_err(|_| UsageError::NotUtf8(what));
@@ -210,18 +210,9 @@ where
                 sshd.config = PathBuf::from(parser.value()?);
                 sshd_given = true;
             }
-            Long("from") => {
-                export.from = Some(parser.value()?.into());
-                export_given = true;
-            }
-            Long("to") => {
-                export.to = parser.value()?.into();
-                export_given = true;
-            }
-            Long("group") => {
-                export.group = text(parser.value()?, "--group")?;
-                export_given = true;
-            }
+            Long("from") => from = Some(PathBuf::from(parser.value()?)),
+            Long("to") => to = Some(PathBuf::from(parser.value()?)),
+            Long("group") => group = Some(text(parser.value()?, "--group")?),
             Long("verbose") | Short('v') => verbose = true,
             Long("help") | Short('h') => {
                 return Ok(Invocation {
@@ -246,7 +237,14 @@ where
     let mode = match positional.as_slice() {
         [cmd] if cmd == "check" => Mode::Check(sshd.clone()),
         [cmd] if cmd == "refresh" => Mode::Refresh,
-        [cmd] if cmd == "export-kubeconfig" => Mode::ExportKubeconfig(export),
+        [cmd] if cmd == "export-kubeconfig" => {
+            let defaults = ExportOptions::default();
+            Mode::ExportKubeconfig(ExportOptions {
+                from: from.take(),
+                to: to.take().unwrap_or(defaults.to),
+                group: group.take().unwrap_or(defaults.group),
+            })
+        }
         [user] => Mode::Lookup {
             user: user.clone(),
             fingerprint: None,
@@ -261,7 +259,8 @@ where
     if sshd_given && !matches!(mode, Mode::Check(_)) {
         return Err(UsageError::SshdOutsideCheck);
     }
-    if export_given && !matches!(mode, Mode::ExportKubeconfig(_)) {
+    // export-kubeconfig took them: any left belongs to another mode.
+    if from.is_some() || to.is_some() || group.is_some() {
         return Err(UsageError::ExportOptionsOutsideExport);
     }
     if matches!(mode, Mode::ExportKubeconfig(_)) {

@@ -205,9 +205,9 @@ impl fmt::Display for Exported {
 
 /// Exports the kubelet's credentials as `options` say. See the module documentation.
 pub fn export(options: &ExportOptions) -> Result<Exported, ExportError> {
-    let gid = resolve_group(&options.group)?;
     let from = source(options)?;
     let credentials = NodeCredentials::load(&from).map_err(ExportError::Load)?;
+    let gid = resolve_group(&options.group)?;
     let embedded = Embedded::from_credentials(&credentials, &from)?;
     let text = render(&embedded, &from);
     let to = &options.to;
