@@ -1501,3 +1501,57 @@ fn the_janitor_reports_a_refused_removal_once_and_goes_on() {
     assert!(prefixed(node).contains_key(&invalid));
     ws.scratch.stop(&mut janitor, Duration::from_secs(5));
 }
+
+#[test]
+fn concurrent_revokes_on_one_node_all_succeed() {
+    // Removals test the Node's resourceVersion, so every write to the node makes the others
+    // read again: they must still all get through.
+    let cluster = cluster();
+    let node = "kc-concurrent-revoke";
+    cluster.create_node(node);
+    let ws = Workstation::new("kc-concurrent-revoke");
+    let admin = cluster.admin_kubeconfig();
+    let keys: Vec<PathBuf> = (0..12).map(|i| ws.keygen(&format!("r{i}"))).collect();
+    let all: String = keys
+        .iter()
+        .map(|k| std::fs::read_to_string(k).expect("read .pub"))
+        .collect();
+    let all = ws.scratch.write("all.pub", all);
+    assert_ok(&ws.keyctl(
+        admin,
+        &[
+            "grant",
+            node,
+            "--expires",
+            "1h",
+            "--key",
+            all.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(grants_on(node).valid.len(), keys.len());
+
+    let children: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            Command::new(workspace_bin("keyctl"))
+                .arg("--kubeconfig")
+                .arg(admin)
+                .args(["revoke", node, "--key"])
+                .arg(key)
+                .env("HOME", ws.scratch.join("home"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn keyctl")
+        })
+        .collect();
+    for (child, key) in children.into_iter().zip(&keys) {
+        let out = child.wait_with_output().expect("wait keyctl");
+        let text = assert_ok(&out);
+        assert!(
+            text.contains(&format!("removed {}", fingerprint(key))),
+            "{text}"
+        );
+    }
+    assert!(prefixed(node).is_empty(), "{:?}", prefixed(node));
+}

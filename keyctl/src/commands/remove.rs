@@ -74,8 +74,10 @@ pub trait Choice: Sync {
     }
 }
 
-/// How many times a node is read again when it keeps changing under us.
-pub const ATTEMPTS: usize = 8;
+/// How many times a node is read again when it keeps changing under us. Every write to the
+/// Node changes its resourceVersion, so concurrent revokes on one node collide; with the
+/// growing pauses between reads this rides out a few seconds of steady writes.
+pub const ATTEMPTS: usize = 16;
 
 /// At most this many removals go in one patch (the API server takes at most 10000 operations).
 const MAX_REMOVALS_PER_PATCH: usize = 1000;
@@ -248,7 +250,7 @@ fn is_refusal_of_the_request(code: u16) -> bool {
 /// How long to wait before reading a node again after it changed under us: growing, with
 /// jitter, so that writers who collide do not collide again in step.
 fn conflict_pause(changes: usize) -> Duration {
-    let base = 25u64 << changes.min(5);
+    let base = 20u64 << changes.min(5);
     let jitter = u64::from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
