@@ -32,6 +32,13 @@ pub fn describe_kube_error(error: &kube::Error) -> String {
                 (code, reason) => format!("{message} ({code} {reason})"),
             }
         }
+        // kube's own words ("ServiceError: ...") say less than the causes under them.
+        kube::Error::Service(_) | kube::Error::HyperError(_) => {
+            let cause = std::error::Error::source(error)
+                .map(|cause| describe_error_chain(cause, &|_| None))
+                .unwrap_or_default();
+            format!("the connection to the API server failed: {cause}")
+        }
         other => describe_error_chain(other, &|_| None),
     }
 }
@@ -64,6 +71,19 @@ mod tests {
             "removing x: admission webhook \"guard\" denied the request: protected (403 Forbidden)"
         );
         assert!(!text.contains("Status {"), "{text}");
+    }
+
+    #[test]
+    fn a_failed_connection_says_so_with_its_causes_once() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let text = describe_kube_error(&kube::Error::Service(Box::new(refused)));
+        assert_eq!(
+            text,
+            format!(
+                "the connection to the API server failed: {}",
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
+            )
+        );
     }
 
     #[test]

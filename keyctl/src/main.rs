@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use keyctl::cli::Cli;
 
+/// What is logged unless `KEYCTL_LOG` says otherwise. kube's request tracing logs every failed
+/// request as an error; keyctl reports each failure itself, once and with context, so those
+/// logs would only say it again (`KEYCTL_LOG=debug` shows them).
+const DEFAULT_LOG: &str = "warn,keyctl=info,kube_client::client::builder=off";
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -12,7 +17,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYCTL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,keyctl=info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         // Pod logs and files get plain text; colours only on a terminal.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

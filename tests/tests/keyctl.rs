@@ -1212,6 +1212,19 @@ fn certificates_and_unreadable_files_are_explained_once() {
     let garbage = ws
         .scratch
         .write("garbage.pub", "ssh-ed25519 AAAA!!!notbase64\n");
+    // Nothing listens there: kube logs each failed request itself, keyctl reports it once.
+    let unreachable = ws.scratch.write(
+        "unreachable.kubeconfig",
+        std::fs::read_to_string(admin)
+            .expect("read admin kubeconfig")
+            .replace(
+                cluster().server(),
+                &format!(
+                    "https://127.0.0.1:{}",
+                    nodegate_testkit::process::free_port()
+                ),
+            ),
+    );
     let cases: Vec<(PathBuf, Vec<String>, &str)> = vec![
         (
             PathBuf::from("/nonexistent/kubeconfig"),
@@ -1237,6 +1250,7 @@ fn certificates_and_unreadable_files_are_explained_once() {
             ],
             "not an OpenSSH public key",
         ),
+        (unreachable, vec!["list".into()], "Connection refused"),
     ];
     for (kubeconfig, args, cause) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
