@@ -15,19 +15,26 @@ pub struct NodeNameError {
     pub name: String,
 }
 
+/// Whether `text` is a DNS subdomain as Kubernetes means it (RFC 1123): dot-separated labels of
+/// lowercase letters, digits and inner '-', at most 63 characters each, 253 in all. Node names
+/// and annotation prefixes must be.
+pub fn is_dns_subdomain(text: &str) -> bool {
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    !text.is_empty() && text.len() <= 253 && text.split('.').all(label_ok)
+}
+
 impl NodeName {
     /// Validates a node name.
     pub fn new(name: &str) -> Result<Self, NodeNameError> {
-        let label_ok = |label: &str| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        };
-        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        if !is_dns_subdomain(name) {
             return Err(NodeNameError { name: name.into() });
         }
         Ok(Self(name.to_owned()))

@@ -26,16 +26,7 @@ pub struct PrefixError {
 impl AnnotationPrefix {
     /// Validates `prefix` as a DNS subdomain, the form Kubernetes requires of annotation prefixes.
     pub fn new(prefix: &str) -> Result<Self, PrefixError> {
-        let label_ok = |label: &str| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        };
-        if prefix.is_empty() || prefix.len() > 253 || !prefix.split('.').all(label_ok) {
+        if !crate::node_name::is_dns_subdomain(prefix) {
             return Err(PrefixError {
                 prefix: prefix.into(),
             });
