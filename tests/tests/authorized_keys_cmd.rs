@@ -101,6 +101,29 @@ impl<'c> NodeSetup<'c> {
     }
 }
 
+/// A node with one grant of a fresh key to root for an hour, and the line it must print for it.
+struct Granted<'c> {
+    node: NodeSetup<'c>,
+    key: SshKey,
+    grant: Grant,
+    line: String,
+}
+
+impl<'c> Granted<'c> {
+    fn new(cluster: &'c Cluster, name: &str, extra_toml: &str, key_name: &str) -> Self {
+        let node = NodeSetup::new(cluster, name, Validity::Current, extra_toml);
+        let key = node.key(key_name);
+        let grant = node.grant(&key, "root", in_hours(1));
+        let line = format!("{}\n", grant.authorized_keys_line());
+        Granted {
+            node,
+            key,
+            grant,
+            line,
+        }
+    }
+}
+
 fn command(config: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(workspace_bin("authorized-keys-cmd"));
     cmd.arg("--config")
@@ -182,7 +205,7 @@ fn prints_exactly_the_usable_lines_and_filters_by_fingerprint() {
     let out = node.run(&["Bad User"]);
     assert!(out.status.success());
     assert_eq!(out.stdout, "");
-    assert!(out.stderr.contains("source="), "{}", out.stderr);
+    out.says("source=");
 }
 
 #[test]
@@ -215,7 +238,7 @@ fn revoked_grant_stops_working_within_the_freshness_window() {
     assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
     // A repeat within the window is answered from the cache, without the API.
     let out = node.run(&["root"]);
-    assert!(out.stderr.contains("source=cache (fresh"), "{}", out.stderr);
+    out.says("source=cache (fresh");
     node.revoke(&grant);
     let revoked_at = Instant::now();
     std::thread::sleep(Duration::from_millis(2100));
@@ -257,15 +280,11 @@ fn a_grant_made_right_after_a_refused_login_works_at_once() {
 fn fifty_parallel_invocations_all_succeed() {
     let cluster = Cluster::shared();
     // freshness 0: every call asks the API and writes the cache, the worst case for contention.
-    let node = NodeSetup::new(
-        cluster,
-        "akc-parallel",
-        Validity::Current,
-        "freshness = \"0s\"",
-    );
-    let key = node.key("parallel");
-    let grant = node.grant(&key, "root", in_hours(1));
-    let expected = format!("{}\n", grant.authorized_keys_line());
+    let Granted {
+        node,
+        line: expected,
+        ..
+    } = Granted::new(cluster, "akc-parallel", "freshness = \"0s\"", "parallel");
     for round in ["empty cache, all via the API", "existing cache"] {
         let children: Vec<_> = (0..50)
             .map(|_| command(&node.config, &["root"]).spawn().unwrap())
@@ -447,21 +466,19 @@ fn hostile_annotations_never_yield_a_line() {
     // Invalid grants are reported on the diagnostics channel, never on stdout.
     cluster.set_node_annotation(&node.name, &corpus[2].0, Some(&corpus[2].1));
     let out = node.run(&["root"]);
-    assert!(
-        out.stderr.contains("ignoring invalid grant annotation"),
-        "{}",
-        out.stderr
-    );
-    assert!(out.stderr.contains("unknown option"), "{}", out.stderr);
+    out.says("ignoring invalid grant annotation");
+    out.says("unknown option");
 }
 
 #[test]
 fn expired_or_foreign_node_certificate_falls_back_to_the_cache() {
     let cluster = Cluster::shared();
-    let node = NodeSetup::new(cluster, "akc-cert", Validity::Current, "freshness = \"0s\"");
-    let key = node.key("cert");
-    let grant = node.grant(&key, "root", in_hours(1));
-    let expected = format!("{}\n", grant.authorized_keys_line());
+    let Granted {
+        node,
+        key,
+        line: expected,
+        ..
+    } = Granted::new(cluster, "akc-cert", "freshness = \"0s\"", "cert");
 
     // No cache yet, expired certificate: nothing trustworthy, fail closed.
     let expired = cluster.node_kubeconfig("akc-cert", Validity::Expired);
@@ -469,8 +486,8 @@ fn expired_or_foreign_node_certificate_falls_back_to_the_cache() {
     let out = node.run(&["root"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert_eq!(out.stdout, "");
-    assert!(out.stderr.contains("401"), "{}", out.stderr);
-    assert!(out.stderr.contains("valid only from"), "{}", out.stderr);
+    out.says("401");
+    out.says("valid only from");
 
     // Fill the cache with good credentials, then the expired certificate is served from it.
     let current = cluster.node_kubeconfig("akc-cert", Validity::Current);
@@ -481,11 +498,7 @@ fn expired_or_foreign_node_certificate_falls_back_to_the_cache() {
     assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
     let out = node.run(&["root"]);
     assert_eq!(out.stdout, expected);
-    assert!(
-        out.stderr.contains("source=cache (API unavailable"),
-        "{}",
-        out.stderr
-    );
+    out.says("source=cache (API unavailable");
 
     // A node certificate from another CA (another cluster): the API rejects it.
     let foreign_pki = Pki::new(&node.scratch.join("foreign-pki"), "foreign-ca");
@@ -505,7 +518,7 @@ fn expired_or_foreign_node_certificate_falls_back_to_the_cache() {
     node.set_config(&foreign_kubeconfig, "freshness = \"0s\"");
     let out = node.run(&["root"]);
     assert_eq!(out.stdout, expected, "served from the cache");
-    assert!(out.stderr.contains("401"), "{}", out.stderr);
+    out.says("401");
 
     // Another node's valid credentials with this node's name configured: refused, since it
     // would serve one node's grants on another.
@@ -515,25 +528,17 @@ fn expired_or_foreign_node_certificate_falls_back_to_the_cache() {
     let out = node.run(&["root"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert_eq!(out.stdout, "");
-    assert!(
-        out.stderr.contains("differs from the client certificate"),
-        "{}",
-        out.stderr
-    );
+    out.says("differs from the client certificate");
 }
 
 #[test]
 fn corrupt_foreign_or_unsafe_cache_is_never_trusted() {
     let cluster = Cluster::shared();
-    let node = NodeSetup::new(
-        cluster,
-        "akc-corrupt",
-        Validity::Current,
-        "freshness = \"1h\"",
-    );
-    let key = node.key("corrupt");
-    let grant = node.grant(&key, "root", in_hours(1));
-    let expected = format!("{}\n", grant.authorized_keys_line());
+    let Granted {
+        node,
+        line: expected,
+        ..
+    } = Granted::new(cluster, "akc-corrupt", "freshness = \"1h\"", "corrupt");
     assert_eq!(node.run(&["root"]).stdout, expected);
 
     // Garbage over the cache: detected, moved aside, rebuilt from the API.
@@ -541,8 +546,8 @@ fn corrupt_foreign_or_unsafe_cache_is_never_trusted() {
     let out = node.run(&["root"]);
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(out.stdout, expected);
-    assert!(out.stderr.contains("moved it to"), "{}", out.stderr);
-    assert!(out.stderr.contains("source=api"), "{}", out.stderr);
+    out.says("moved it to");
+    out.says("source=api");
     let aside = std::fs::read_dir(node.scratch.path())
         .unwrap()
         .filter_map(Result::ok)
@@ -550,7 +555,7 @@ fn corrupt_foreign_or_unsafe_cache_is_never_trusted() {
         .count();
     assert!(aside >= 1, "the corrupt file is kept aside for inspection");
     let out = node.run(&["root"]);
-    assert!(out.stderr.contains("source=cache (fresh"), "{}", out.stderr);
+    out.says("source=cache (fresh");
 
     // A foreign SQLite database (another program's) in its place: also not trusted.
     std::fs::remove_file(&node.cache).unwrap();
@@ -565,22 +570,14 @@ fn corrupt_foreign_or_unsafe_cache_is_never_trusted() {
     assert!(status.success());
     let out = node.run(&["root"]);
     assert_eq!(out.stdout, expected);
-    assert!(
-        out.stderr.contains("another program's database"),
-        "{}",
-        out.stderr
-    );
+    out.says("another program's database");
 
     // A cache others may write is refused (and not used), the API still answers.
     std::fs::set_permissions(&node.cache, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = node.run(&["root"]);
     assert_eq!(out.stdout, expected);
-    assert!(
-        out.stderr.contains("writable by group or others"),
-        "{}",
-        out.stderr
-    );
-    assert!(out.stderr.contains("source=api"), "{}", out.stderr);
+    out.says("writable by group or others");
+    out.says("source=api");
     std::fs::set_permissions(&node.cache, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     // A config file others may write is refused outright: nothing printed, exit 2.
@@ -588,11 +585,7 @@ fn corrupt_foreign_or_unsafe_cache_is_never_trusted() {
     let out = node.run(&["root"]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(out.stdout, "");
-    assert!(
-        out.stderr.contains("refusing the config file"),
-        "{}",
-        out.stderr
-    );
+    out.says("refusing the config file");
     std::fs::set_permissions(&node.config, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
@@ -602,24 +595,17 @@ fn apiserver_outage_is_served_from_the_cache_within_the_deadline() {
     // after the shared one is up, so that two API servers do not start at once on a small machine.
     let _ = Cluster::shared();
     let cluster = Cluster::start();
-    let node = NodeSetup::new(
-        &cluster,
-        "akc-outage",
-        Validity::Current,
-        "freshness = \"0s\"",
-    );
-    let key = node.key("outage");
-    let grant = node.grant(&key, "root", in_hours(1));
-    let expected = format!("{}\n", grant.authorized_keys_line());
+    let Granted {
+        node,
+        key,
+        line: expected,
+        ..
+    } = Granted::new(&cluster, "akc-outage", "freshness = \"0s\"", "outage");
     let sshd = node.sshd();
     assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
     let refresh = Checked::run(&mut command(&node.config, &["refresh"]));
     assert!(refresh.status.success(), "{}", refresh.stderr);
-    assert!(
-        refresh.stderr.contains("1 valid grants"),
-        "{}",
-        refresh.stderr
-    );
+    refresh.says("1 valid grants");
 
     cluster.stop_apiserver();
     assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
@@ -627,11 +613,7 @@ fn apiserver_outage_is_served_from_the_cache_within_the_deadline() {
     let out = node.run(&["root"]);
     let took = started.elapsed();
     assert_eq!(out.stdout, expected);
-    assert!(
-        out.stderr.contains("source=cache (API unavailable"),
-        "{}",
-        out.stderr
-    );
+    out.says("source=cache (API unavailable");
     assert!(
         took < Duration::from_secs(5),
         "connection refused must not wait: {took:?}"
@@ -656,7 +638,7 @@ fn apiserver_outage_is_served_from_the_cache_within_the_deadline() {
     let out = node.run(&["root"]);
     let took = started.elapsed();
     assert_eq!(out.stdout, expected, "{}", out.stderr);
-    assert!(out.stderr.contains("no complete answer"), "{}", out.stderr);
+    out.says("no complete answer");
     // Without the deadline this would hang for as long as the listener lives.
     assert!(took < Duration::from_secs(5), "returned after {took:?}");
     drop(blackhole);
@@ -670,14 +652,14 @@ fn apiserver_outage_is_served_from_the_cache_within_the_deadline() {
     let out = node.run(&["root"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert_eq!(out.stdout, "");
-    assert!(out.stderr.contains("max_stale"), "{}", out.stderr);
+    out.says("max_stale");
     assert_eq!(sshd.login(&key, "root"), Login::Refused);
 
     // The API back: logins via the API again.
     cluster.start_apiserver();
     let out = node.run(&["root"]);
     assert_eq!(out.stdout, expected);
-    assert!(out.stderr.contains("source=api"), "{}", out.stderr);
+    out.says("source=api");
 }
 
 #[test]
@@ -800,31 +782,24 @@ fn a_deleted_node_has_no_grants_at_once_and_not_from_the_cache_either() {
     let out = node.run(&["root"]);
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
     assert_eq!(out.stdout, "", "{}", out.stderr);
-    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+    out.says("does not exist");
 
     // And the cache learnt it: an outage afterwards serves nothing either.
     node.set_config(&node.refused_kubeconfig(), "freshness = \"0s\"");
     let out = node.run(&["root"]);
     assert_eq!(out.stdout, "", "{}", out.stderr);
-    assert!(
-        out.stderr.contains("source=cache (API unavailable"),
-        "{}",
-        out.stderr
-    );
+    out.says("source=cache (API unavailable");
 }
 
 #[test]
 fn a_cache_row_dated_in_the_future_neither_outlives_a_revoke_nor_blocks_newer_answers() {
     let cluster = Cluster::shared();
-    let node = NodeSetup::new(
-        cluster,
-        "akc-future",
-        Validity::Current,
-        "freshness = \"1s\"",
-    );
-    let key = node.key("future");
-    let grant = node.grant(&key, "root", in_hours(1));
-    let line = format!("{}\n", grant.authorized_keys_line());
+    let Granted {
+        node,
+        key,
+        grant,
+        line,
+    } = Granted::new(cluster, "akc-future", "freshness = \"1s\"", "future");
     assert_eq!(node.run(&["root"]).stdout, line);
 
     // Revoked, and past the freshness window; then the wall clock says the row is 4 minutes
@@ -834,7 +809,7 @@ fn a_cache_row_dated_in_the_future_neither_outlives_a_revoke_nor_blocks_newer_an
     node.sqlite("UPDATE node_grants SET fetched_at_ms = fetched_at_ms + 240000");
     let out = node.run(&["root"]);
     assert_eq!(out.stdout, "", "a revoked key: {}", out.stderr);
-    assert!(out.stderr.contains("source=api"), "{}", out.stderr);
+    out.says("source=api");
 
     // A row dated a day ahead is replaced by the newest answer like any other...
     let again = node.grant(&key, "root", in_hours(2));
@@ -856,15 +831,8 @@ fn a_cache_row_dated_in_the_future_neither_outlives_a_revoke_nor_blocks_newer_an
 #[test]
 fn a_cache_with_damaged_pages_is_replaced_and_serves_the_next_outage() {
     let cluster = Cluster::shared();
-    let node = NodeSetup::new(
-        cluster,
-        "akc-damaged",
-        Validity::Current,
-        "freshness = \"0s\"",
-    );
-    let key = node.key("damaged");
-    let grant = node.grant(&key, "root", in_hours(1));
-    let line = format!("{}\n", grant.authorized_keys_line());
+    let Granted { node, line, .. } =
+        Granted::new(cluster, "akc-damaged", "freshness = \"0s\"", "damaged");
     assert_eq!(node.run(&["root"]).stdout, line);
 
     // Damage the table's pages, leaving the header and the schema (page 1) intact.
@@ -886,8 +854,8 @@ fn a_cache_with_damaged_pages_is_replaced_and_serves_the_next_outage() {
     }
     let out = node.run(&["root"]);
     assert_eq!(out.stdout, line, "the API still answers: {}", out.stderr);
-    assert!(out.stderr.contains("damaged"), "{}", out.stderr);
-    assert!(out.stderr.contains("moved it to"), "{}", out.stderr);
+    out.says("damaged");
+    out.says("moved it to");
     assert_eq!(node.moved_aside().len(), 1, "kept aside for inspection");
 
     node.set_config(&node.refused_kubeconfig(), "freshness = \"0s\"");
@@ -907,15 +875,8 @@ fn a_cache_with_damaged_pages_is_replaced_and_serves_the_next_outage() {
 #[test]
 fn a_cache_locked_by_another_process_is_left_alone() {
     let cluster = Cluster::shared();
-    let node = NodeSetup::new(
-        cluster,
-        "akc-locked",
-        Validity::Current,
-        "freshness = \"0s\"",
-    );
-    let key = node.key("locked");
-    let grant = node.grant(&key, "root", in_hours(1));
-    let line = format!("{}\n", grant.authorized_keys_line());
+    let Granted { node, line, .. } =
+        Granted::new(cluster, "akc-locked", "freshness = \"0s\"", "locked");
     assert_eq!(node.run(&["root"]).stdout, line);
 
     // A sqlite3 session holding the file exclusively, longer than the command waits.
@@ -944,11 +905,7 @@ fn a_cache_locked_by_another_process_is_left_alone() {
     let out = node.run(&["root"]);
     assert!(node.moved_aside().is_empty(), "busy is not corrupt");
     assert_eq!(out.stdout, line, "the API answers: {}", out.stderr);
-    assert!(
-        out.stderr.contains("locked by another process"),
-        "{}",
-        out.stderr
-    );
+    out.says("locked by another process");
     drop(holder);
 
     // The cached grants are all still there for an outage.
@@ -960,15 +917,11 @@ fn a_cache_locked_by_another_process_is_left_alone() {
 #[test]
 fn fifty_parallel_first_calls_never_move_a_new_cache_aside() {
     let cluster = Cluster::shared();
-    let node = NodeSetup::new(
-        cluster,
-        "akc-first-use",
-        Validity::Current,
-        "freshness = \"0s\"",
-    );
-    let key = node.key("first");
-    let grant = node.grant(&key, "root", in_hours(1));
-    let expected = format!("{}\n", grant.authorized_keys_line());
+    let Granted {
+        node,
+        line: expected,
+        ..
+    } = Granted::new(cluster, "akc-first-use", "freshness = \"0s\"", "first");
     // Before the fix about 40% of rounds moved aside the cache another call was creating.
     for round in 0..8 {
         for suffix in ["", "-wal", "-shm"] {
@@ -1025,18 +978,14 @@ fn a_cached_row_of_another_node_is_never_served_here() {
     let out = node.run(&["root"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert_eq!(out.stdout, "");
-    assert!(
-        out.stderr.contains("differs from the client certificate"),
-        "{}",
-        out.stderr
-    );
+    out.says("differs from the client certificate");
 
     // This node's credentials and no name configured: the one row in the cache is not ours.
     node.set_config(&node.current_kubeconfig(), "freshness = \"1h\"");
     let out = node.run(&["root"]);
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
     assert_eq!(out.stdout, "", "{}", out.stderr);
-    assert!(out.stderr.contains("source=api"), "{}", out.stderr);
+    out.says("source=api");
 }
 
 #[test]
@@ -1054,7 +1003,7 @@ fn a_symlinked_cache_is_refused_and_never_written_through() {
         "the API still answers: {}",
         out.stderr
     );
-    assert!(out.stderr.contains("symbolic link"), "{}", out.stderr);
+    out.says("symbolic link");
     assert_eq!(
         std::fs::metadata(&target).unwrap().len(),
         0,
@@ -1069,15 +1018,9 @@ fn a_symlinked_cache_is_refused_and_never_written_through() {
 #[test]
 fn a_blackholed_api_is_waited_for_once_not_at_every_call() {
     let cluster = Cluster::shared();
-    let node = NodeSetup::new(
-        cluster,
-        "akc-backoff",
-        Validity::Current,
-        "freshness = \"0s\"",
-    );
-    let key = node.key("backoff");
-    let grant = node.grant(&key, "root", in_hours(1));
-    let line = format!("{}\n", grant.authorized_keys_line());
+    let Granted {
+        node, key, line, ..
+    } = Granted::new(cluster, "akc-backoff", "freshness = \"0s\"", "backoff");
     assert_eq!(node.run(&["root"]).stdout, line);
 
     // An API that accepts connections and never answers.
@@ -1098,7 +1041,7 @@ fn a_blackholed_api_is_waited_for_once_not_at_every_call() {
     let out = node.run(&["root"]);
     assert!(started.elapsed() >= deadline, "the first call waits");
     assert_eq!(out.stdout, line, "{}", out.stderr);
-    assert!(out.stderr.contains("no complete answer"), "{}", out.stderr);
+    out.says("no complete answer");
     // The calls that follow (sshd makes several per login) do not wait the deadline again.
     for _ in 0..3 {
         let started = Instant::now();
@@ -1109,7 +1052,7 @@ fn a_blackholed_api_is_waited_for_once_not_at_every_call() {
             "waited {took:?} for an API known to be down"
         );
         assert_eq!(out.stdout, line, "{}", out.stderr);
-        assert!(out.stderr.contains("not asked again"), "{}", out.stderr);
+        out.says("not asked again");
     }
     let sshd = node.sshd();
     assert_eq!(sshd.login(&key, "root"), Login::Succeeded, "{}", sshd.log());
@@ -1117,7 +1060,7 @@ fn a_blackholed_api_is_waited_for_once_not_at_every_call() {
     // A working API is asked again at once: the failure was remembered for those credentials.
     node.set_config(&node.current_kubeconfig(), "freshness = \"0s\"");
     let out = node.run(&["root"]);
-    assert!(out.stderr.contains("source=api"), "{}", out.stderr);
+    out.says("source=api");
     drop(blackhole);
 }
 
