@@ -6,13 +6,11 @@
 //! whatever is found on a Node is either a [`Grant`] that passed every check, or an
 //! [`InvalidGrant`] that is reported and never used.
 //!
-//! The `client` feature adds Kubernetes client setup for the workstation tools; the login-path
-//! binary leaves it off to keep its dependency tree small.
+//! Nothing here talks to a cluster: there is no kube dependency, so that the login path stays
+//! small. Talking to a cluster is `nodegate-cluster-client`'s business.
 
 #![forbid(unsafe_code)]
 
-#[cfg(feature = "client")]
-pub mod client;
 pub mod expiry;
 pub mod grant;
 pub mod key;

@@ -1,30 +1,32 @@
-//! Asking the API server, before writing anything, whether the caller may do it.
+//! What keyctl must be allowed to do, asked before writing anything.
 //!
-//! A SelfSubjectAccessReview answers for the caller's own credentials whatever the
-//! authorizer (RBAC, webhook...). A refusal names the missing permission and the ClusterRole
-//! that grants it, instead of a 403 in the middle of a run over many nodes.
+//! The reviews themselves are `nodegate_cluster_client::access`; this module holds keyctl's
+//! permissions and roles, and its refusal: the missing permission, the nodes it is missing on,
+//! and the ClusterRole that grants it, instead of a 403 in the middle of a run over many nodes.
 
-use futures::{StreamExt as _, stream};
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
 use kube::Client;
-use kube::api::{Api, PostParams};
+use nodegate_cluster_client::access::{self, Permission, Role};
+use nodegate_cluster_client::status;
 
 /// The ClusterRole that lets a user grant and revoke (`packaging/rbac/keyctl-granter.yaml`).
-pub const GRANTER_ROLE: &str = "nodegate-keyctl-granter";
+pub const GRANTER_ROLE: Role = Role {
+    name: "nodegate-keyctl-granter",
+    manifest: "keyctl-granter.yaml",
+};
 /// The ClusterRole that lets a user list grants (`packaging/rbac/keyctl-viewer.yaml`).
-pub const VIEWER_ROLE: &str = "nodegate-keyctl-viewer";
+pub const VIEWER_ROLE: Role = Role {
+    name: "nodegate-keyctl-viewer",
+    manifest: "keyctl-viewer.yaml",
+};
 
 /// Why an access check stopped a command.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
     /// The API server said no.
     #[error(
-        "{caller} may not {verb} {resource}{on}.\nAsk a cluster admin to bind the ClusterRole {role} (packaging/rbac/{manifest}), e.g.\n  kubectl create clusterrolebinding {role}-{binding_user} --clusterrole={role} --user={caller}{names_hint}",
+        "{caller} may not {verb} {resource}{on}.\n{advice}{names_hint}",
         on = describe_names(names),
-        manifest = role_manifest(role),
-        binding_user = binding_suffix(caller),
+        advice = role.advice(caller),
         names_hint = if names.is_empty() { "" } else { "\n(a granter role limited to some nodes lists them under resourceNames)" }
     )]
     Denied {
@@ -37,19 +39,11 @@ pub enum AccessError {
         /// The objects refused, when the check was per object; empty for "any".
         names: Vec<String>,
         /// The ClusterRole that grants the permission.
-        role: &'static str,
+        role: Role,
     },
     /// The review itself could not be made.
-    #[error("cannot ask the API server whether {verb} {resource} is allowed")]
-    Review {
-        /// The verb asked about.
-        verb: String,
-        /// The resource asked about.
-        resource: String,
-        /// What went wrong (printed after the message, as its cause).
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Review(#[from] nodegate_cluster_client::Error),
 }
 
 fn describe_names(names: &[String]) -> String {
@@ -61,107 +55,29 @@ fn describe_names(names: &[String]) -> String {
     }
 }
 
-fn role_manifest(role: &str) -> &'static str {
-    if role == VIEWER_ROLE {
-        "keyctl-viewer.yaml"
-    } else {
-        "keyctl-granter.yaml"
-    }
-}
-
-/// A binding name part made of the characters Kubernetes names allow.
-fn binding_suffix(caller: &str) -> String {
-    let cleaned: String = caller
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    cleaned.trim_matches('-').to_owned()
-}
-
-/// One permission to check: a verb on a resource, cluster-wide or in a namespace.
-#[derive(Debug, Clone, Copy)]
-pub struct Permission<'a> {
-    /// e.g. `patch`.
-    pub verb: &'a str,
-    /// API group, `""` for the core group.
-    pub group: &'a str,
-    /// e.g. `nodes`.
-    pub resource: &'a str,
-    /// The namespace, for namespaced resources.
-    pub namespace: Option<&'a str>,
-}
-
-/// Asks whether `permission` is allowed on object `name` (or on any object when `None`).
-pub async fn allowed(
-    client: &Client,
-    permission: Permission<'_>,
-    name: Option<&str>,
-) -> Result<bool, AccessError> {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(permission.verb.to_owned()),
-                group: Some(permission.group.to_owned()),
-                resource: Some(permission.resource.to_owned()),
-                namespace: permission.namespace.map(str::to_owned),
-                name: name.map(str::to_owned),
-                ..ResourceAttributes::default()
-            }),
-            ..SelfSubjectAccessReviewSpec::default()
-        },
-        ..SelfSubjectAccessReview::default()
-    };
-    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
-    let answer = api
-        .create(&PostParams::default(), &review)
-        .await
-        .map_err(|source| AccessError::Review {
-            verb: permission.verb.to_owned(),
-            resource: permission.resource.to_owned(),
-            source,
-        })?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
-}
-
 /// Checks `permission` on every node in `names`: one cluster-wide question first, then, when
 /// that is refused (a role limited by `resourceNames`), one per node. Refuses with every node
 /// that is not allowed.
 pub async fn require_on_nodes(
     client: &Client,
     caller: &str,
-    permission: Permission<'_>,
+    permission: &Permission,
     names: &[String],
-    role: &'static str,
+    role: Role,
     concurrency: usize,
 ) -> Result<(), AccessError> {
-    if allowed(client, permission, None).await? {
+    if access::allowed(client, permission).await? {
         return Ok(());
     }
-    let answers: Vec<(String, Result<bool, AccessError>)> = stream::iter(names)
-        .map(|name| async move {
-            (
-                name.clone(),
-                allowed(client, permission, Some(name.as_str())).await,
-            )
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let mut denied = Vec::new();
-    for (name, answer) in answers {
-        if !answer? {
-            denied.push(name);
-        }
-    }
-    if denied.is_empty() && !names.is_empty() {
+    let per_node: Vec<Permission> = names
+        .iter()
+        .map(|name| permission.clone().on(name))
+        .collect();
+    let refused = access::refused(client, &per_node, concurrency).await?;
+    if refused.is_empty() && !names.is_empty() {
         return Ok(());
     }
+    let mut denied: Vec<String> = refused.into_iter().filter_map(|p| p.name).collect();
     denied.sort();
     Err(AccessError::Denied {
         caller: caller.to_owned(),
@@ -178,18 +94,19 @@ pub fn explain_forbidden(
     caller: &str,
     verb: &str,
     resource: &str,
-    role: &'static str,
+    role: Role,
 ) -> anyhow::Error {
-    match error {
-        kube::Error::Api(status) if status.code == 403 => AccessError::Denied {
+    if status::is_forbidden(&error) {
+        AccessError::Denied {
             caller: caller.to_owned(),
             verb: verb.to_owned(),
             resource: resource.to_owned(),
             names: Vec::new(),
             role,
         }
-        .into(),
-        other => other.into(),
+        .into()
+    } else {
+        error.into()
     }
 }
 

@@ -145,7 +145,7 @@ impl AuditTrail {
             tracing::warn!(
                 "could not record the {} event on node {node_name}: {}",
                 change.reason(),
-                crate::errors::describe_kube_error(&error)
+                nodegate_cluster_client::describe_kube_error(&error)
             );
         }
     }

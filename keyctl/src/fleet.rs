@@ -103,7 +103,10 @@ pub fn report_partial<T>(
             }
             Err(error) => {
                 failed_nodes += 1;
-                failures.push((&outcome.node, crate::errors::render(error)));
+                failures.push((
+                    &outcome.node,
+                    nodegate_cluster_client::render(error.as_ref()),
+                ));
             }
         }
     }

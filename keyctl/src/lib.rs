@@ -5,16 +5,15 @@
 //! comes before anything changes, with the role to ask for.
 //!
 //! Layout: [`cli`] is the command line; [`commands`] holds one module per subcommand;
-//! [`nodes`], [`fleet`], [`access`], [`events`], [`patch`], [`keys`] and [`errors`] are what
-//! they share.
+//! [`nodes`], [`fleet`], [`access`], [`events`], [`patch`] and [`keys`] are what they share.
+//! Talking to the cluster (client, identity, access reviews, error rendering) is
+//! `nodegate-cluster-client`, shared with node-exec.
 
 pub mod access;
 pub mod cli;
 pub mod commands;
-pub mod errors;
 pub mod events;
 pub mod fleet;
-pub mod identity;
 pub mod keys;
 pub mod nodes;
 pub mod patch;

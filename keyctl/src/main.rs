@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
     match keyctl::run(cli).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {}", keyctl::errors::render(&error));
+            eprintln!("error: {}", nodegate_cluster_client::render(error.as_ref()));
             ExitCode::FAILURE
         }
     }

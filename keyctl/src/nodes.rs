@@ -6,6 +6,7 @@ use futures::{StreamExt as _, stream};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::{ListParams, PartialObjectMeta};
+use nodegate_cluster_client::status;
 
 /// A Node's metadata: name, labels, annotations, uid, resourceVersion. Grants need no more, and
 /// metadata-only reads stay small on large fleets.
@@ -134,13 +135,13 @@ pub fn annotations(node: &NodeMeta) -> impl Iterator<Item = (&str, &str)> {
 /// A short, human message for a failed node read.
 pub fn describe_read_error(error: &kube::Error) -> String {
     match error {
-        kube::Error::Api(status) if status.code == 404 => {
+        error if status::is_not_found(error) => {
             "no such node (check the name with: kubectl get nodes)".to_owned()
         }
-        kube::Error::Api(status) if status.code == 403 => format!(
+        kube::Error::Api(status) if status::is_forbidden(error) => format!(
             "not allowed to read this node ({}); see `keyctl list --help` for the roles",
             status.message
         ),
-        other => crate::errors::describe_kube_error(other),
+        other => nodegate_cluster_client::describe_kube_error(other),
     }
 }

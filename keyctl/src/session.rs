@@ -1,13 +1,11 @@
 //! One connection to the API server, with what every command needs alongside it.
 
-use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
+use nodegate_cluster_client::{ClientOptions, identity};
 use nodegate_core::AnnotationPrefix;
-use nodegate_core::client::ClientOptions;
 
 use crate::cli::Connection;
-use crate::identity;
 
 /// A client for the caller's cluster, the prefix grants live under, and how many nodes to work
 /// on at once.
@@ -30,12 +28,10 @@ impl Session {
             kubeconfig: connection.kubeconfig.clone(),
             context: connection.context.clone(),
         };
-        let config = options.config().await?;
-        let client = Client::try_from(config.clone())
-            .context("cannot set up the Kubernetes client from the kubeconfig")?;
+        let connected = options.connect().await?;
         Ok(Self {
-            client,
-            config,
+            client: connected.client,
+            config: connected.config,
             prefix: connection.prefix.clone(),
             concurrency: usize::from(connection.concurrency),
         })

@@ -1,11 +1,11 @@
-//! Permission checks with SelfSubjectAccessReviews, before anything is created: node-exec never
-//! gives more than `kubectl exec` and `kubectl create pod` would.
+//! What node-exec must be allowed to do, checked with SelfSubjectAccessReviews before anything
+//! is created: node-exec never gives more than `kubectl exec` and `kubectl create pod` would.
+//!
+//! The reviews themselves are `nodegate_cluster_client::access`; this module holds node-exec's
+//! permissions and its refusal, which names the role to ask for.
 
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
-use kube::api::PostParams;
-use kube::{Api, Client};
+use kube::Client;
+use nodegate_cluster_client::access::{self, Permission};
 
 /// Why the caller may not go on.
 #[derive(Debug, thiserror::Error)]
@@ -19,111 +19,39 @@ pub enum AccessError {
         /// Each missing permission, as a phrase ("create pods/exec on pod shop/web-0").
         missing: Vec<String>,
     },
-    /// The API server did not answer the review.
-    #[error("cannot ask the API server whether you may {what}: {source}")]
-    Review {
-        /// The permission asked about.
-        what: String,
-        /// The error.
-        #[source]
-        source: kube::Error,
-    },
+    /// The API server did not answer a review.
+    #[error(transparent)]
+    Review(#[from] nodegate_cluster_client::Error),
 }
 
-/// One permission to check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Permission {
-    /// The verb, e.g. "create".
-    pub verb: &'static str,
-    /// The resource, e.g. "pods".
-    pub resource: &'static str,
-    /// The subresource, e.g. "exec".
-    pub subresource: Option<&'static str>,
-    /// The namespace.
-    pub namespace: String,
-    /// The object's name, when the permission is about one object.
-    pub name: Option<String>,
+/// `create pods` in `namespace`.
+pub fn create_pods(namespace: &str) -> Permission {
+    Permission::namespaced("create", "pods", namespace)
 }
 
-impl Permission {
-    /// `create pods` in `namespace`.
-    pub fn create_pods(namespace: &str) -> Self {
-        Self::new("create", None, namespace, None)
-    }
-
-    /// `create pods/exec` in `namespace`, on pod `name` if given.
-    pub fn exec_pods(namespace: &str, name: Option<&str>) -> Self {
-        Self::new("create", Some("exec"), namespace, name)
-    }
-
-    /// `delete pods` in `namespace`.
-    pub fn delete_pods(namespace: &str) -> Self {
-        Self::new("delete", None, namespace, None)
-    }
-
-    fn new(verb: &'static str, sub: Option<&'static str>, ns: &str, name: Option<&str>) -> Self {
-        Permission {
-            verb,
-            resource: "pods",
-            subresource: sub,
-            namespace: ns.to_owned(),
-            name: name.map(str::to_owned),
-        }
+/// `create pods/exec` in `namespace`, on pod `name` if given.
+pub fn exec_pods(namespace: &str, name: Option<&str>) -> Permission {
+    let permission = Permission::namespaced("create", "pods", namespace).subresource("exec");
+    match name {
+        Some(name) => permission.on(name),
+        None => permission,
     }
 }
 
-impl std::fmt::Display for Permission {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.verb, self.resource)?;
-        if let Some(sub) = self.subresource {
-            write!(f, "/{sub}")?;
-        }
-        match &self.name {
-            Some(name) => write!(f, " on pod {}/{name}", self.namespace),
-            None => write!(f, " in namespace {}", self.namespace),
-        }
-    }
+/// `delete pods` in `namespace`.
+pub fn delete_pods(namespace: &str) -> Permission {
+    Permission::namespaced("delete", "pods", namespace)
 }
 
 /// Asks the API server about every permission at once; fails listing all that are missing.
 pub async fn require(client: &Client, permissions: &[Permission]) -> Result<(), AccessError> {
-    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
-    let answers = futures::future::join_all(permissions.iter().map(|permission| {
-        let reviews = reviews.clone();
-        async move {
-            let review = SelfSubjectAccessReview {
-                spec: SelfSubjectAccessReviewSpec {
-                    resource_attributes: Some(ResourceAttributes {
-                        verb: Some(permission.verb.to_owned()),
-                        resource: Some(permission.resource.to_owned()),
-                        subresource: permission.subresource.map(str::to_owned),
-                        namespace: Some(permission.namespace.clone()),
-                        name: permission.name.clone(),
-                        ..ResourceAttributes::default()
-                    }),
-                    ..SelfSubjectAccessReviewSpec::default()
-                },
-                ..SelfSubjectAccessReview::default()
-            };
-            let answer = reviews.create(&PostParams::default(), &review).await;
-            (permission, answer)
-        }
-    }))
-    .await;
-    let mut missing = Vec::new();
-    for (permission, answer) in answers {
-        let review = answer.map_err(|source| AccessError::Review {
-            what: permission.to_string(),
-            source,
-        })?;
-        if !review.status.is_some_and(|status| status.allowed) {
-            missing.push(permission.to_string());
-        }
-    }
+    let missing = access::refused(client, permissions, permissions.len()).await?;
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(AccessError::Denied { missing })
+        Err(AccessError::Denied {
+            missing: missing.iter().map(ToString::to_string).collect(),
+        })
     }
 }
 
@@ -134,11 +62,11 @@ mod tests {
     #[test]
     fn permissions_read_as_phrases() {
         assert_eq!(
-            Permission::exec_pods("shop", Some("web-0")).to_string(),
+            exec_pods("shop", Some("web-0")).to_string(),
             "create pods/exec on pod shop/web-0"
         );
         assert_eq!(
-            Permission::create_pods("nodegate-system").to_string(),
+            create_pods("nodegate-system").to_string(),
             "create pods in namespace nodegate-system"
         );
         let err = AccessError::Denied {

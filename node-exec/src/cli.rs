@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nodegate_core::client::ClientOptions;
+use nodegate_cluster_client::ClientOptions;
 
 /// A host shell on a Kubernetes node, or a container entered as a chosen user, through a
 /// short-lived privileged pod: the fallback when SSH cannot help.

@@ -7,7 +7,7 @@ use comfy_table::Table;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
-use nodegate_core::client::ClientOptions;
+use nodegate_cluster_client::{ClientOptions, status};
 
 use crate::cli::GcArgs;
 use crate::config::Settings;
@@ -128,7 +128,7 @@ pub async fn run(
                     deleted += 1;
                     "deleted".to_owned()
                 }
-                Err(kube::Error::Api(status)) if status.code == 404 => "gone".to_owned(),
+                Err(error) if status::is_not_found(&error) => "gone".to_owned(),
                 Err(error) => {
                     failed += 1;
                     format!("delete failed: {error}")

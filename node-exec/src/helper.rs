@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::Pod;
+use nodegate_cluster_client::names::label_value;
 
 use crate::config::Settings;
 use crate::user::UserSpec;
@@ -35,7 +36,7 @@ pub const SCRIPT_REFUSED: i32 = 125;
 pub struct PodRequest<'a> {
     /// The node to pin the pod to.
     pub node: &'a str,
-    /// The caller, as [`crate::caller::name_from_config`] found it.
+    /// The caller, as [`nodegate_cluster_client::identity::caller_name`] found it.
     pub caller: &'a str,
     /// What is entered, for people reading the pod (e.g. "host PID 1").
     pub target: &'a str,
@@ -71,8 +72,8 @@ pub fn helper_pod(settings: &Settings, request: &PodRequest<'_>) -> Pod {
             "generateName": generate_name,
             "labels": {
                 MANAGED_BY_LABEL: MANAGED_BY,
-                USER_LABEL: crate::caller::label_value(request.caller),
-                NODE_LABEL: crate::caller::label_value(request.node),
+                USER_LABEL: label_value(request.caller),
+                NODE_LABEL: label_value(request.node),
             },
             "annotations": {
                 CALLER_ANNOTATION: request.caller,

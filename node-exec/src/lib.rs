@@ -6,15 +6,16 @@
 //! with `nsenter`, and delete the pod on every way out.
 //!
 //! Modules, in the order a session uses them: [`cli`] and [`config`] (what was asked),
-//! [`target`] and [`user`] (validated input), [`access`] (SelfSubjectAccessReviews before
+//! [`target`] and [`user`] (validated input), [`access`] (the permissions checked before
 //! anything is created), [`helper`] (the pod and the script it runs), [`startup`] (waiting for
 //! the pod with a spinner), [`stream`] (stdin/stdout/TTY over the exec connection),
-//! [`session`] (the whole flow and its cleanup), [`gc`] (leftovers).
+//! [`session`] (the whole flow and its cleanup), [`gc`] (leftovers). Talking to the cluster
+//! (client, the caller's identity, access reviews, error rendering) is
+//! `nodegate-cluster-client`, shared with keyctl.
 
 #![forbid(unsafe_code)]
 
 pub mod access;
-pub mod caller;
 pub mod cli;
 pub mod config;
 pub mod gc;

@@ -9,7 +9,10 @@ fn main() -> std::process::ExitCode {
     match node_exec::run(cli) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(error) => {
-            eprintln!("node-exec: {error:#}");
+            eprintln!(
+                "node-exec: {}",
+                nodegate_cluster_client::render(error.as_ref())
+            );
             std::process::ExitCode::from(node_exec::EXIT_FAILURE)
         }
     }

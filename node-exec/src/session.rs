@@ -9,7 +9,9 @@ use kube::api::{AttachParams, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::access::{self, Permission};
+use nodegate_cluster_client::{Connection, identity, status};
+
+use crate::access;
 use crate::cli::{Cli, TtyMode};
 use crate::config::Settings;
 use crate::helper::{self, Entry, ExecPlan, PodRequest};
@@ -97,15 +99,13 @@ pub async fn run(cli: &Cli, settings: &Settings) -> anyhow::Result<u8> {
         TtyMode::Never => false,
         TtyMode::Auto => std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
     };
-    let config = cli.client_options().config().await?;
-    let caller = crate::caller::name_from_config(&config);
+    let Connection { client, config } = cli.client_options().connect().await?;
     let default_namespace = config.default_namespace.clone();
-    let client = Client::try_from(config).context("setting up the Kubernetes client")?;
     let helper_ns = settings.helper_namespace.as_str();
     let mut permissions = vec![
-        Permission::create_pods(helper_ns),
-        Permission::exec_pods(helper_ns, None),
-        Permission::delete_pods(helper_ns),
+        access::create_pods(helper_ns),
+        access::exec_pods(helper_ns, None),
+        access::delete_pods(helper_ns),
     ];
 
     let (node, entry, description) = match &target {
@@ -116,7 +116,7 @@ pub async fn run(cli: &Cli, settings: &Settings) -> anyhow::Result<u8> {
         ),
         Target::Pod(name) => {
             let namespace = cli.namespace.clone().unwrap_or(default_namespace);
-            permissions.insert(0, Permission::exec_pods(&namespace, Some(name)));
+            permissions.insert(0, access::exec_pods(&namespace, Some(name)));
             access::require(&client, &permissions).await?;
             let (node, id, container) =
                 locate_container(&client, &namespace, name, cli.container.as_deref()).await?;
@@ -136,6 +136,8 @@ pub async fn run(cli: &Cli, settings: &Settings) -> anyhow::Result<u8> {
         eprintln!("node-exec: {note}");
     }
 
+    // Asked once the checks passed, so that an unreachable API server is said by them first.
+    let caller = identity::caller_name(&client, &config).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), helper_ns);
     let request = PodRequest {
         node: &node,
@@ -155,7 +157,7 @@ pub async fn run(cli: &Cli, settings: &Settings) -> anyhow::Result<u8> {
         .await;
     let created = match created {
         Ok(pod) => pod,
-        Err(kube::Error::Api(status)) if status.code == 404 => {
+        Err(error) if status::is_not_found(&error) => {
             progress.finish();
             return Err(SessionError::HelperNamespaceMissing(helper_ns.to_owned()).into());
         }
@@ -263,7 +265,7 @@ async fn delete_helper(pods: &Api<Pod>, name: &str, settings: &Settings) {
     let params = DeleteParams::default().grace_period(0);
     match tokio::time::timeout(CLEANUP_TIMEOUT, pods.delete(name, &params)).await {
         Ok(Ok(_)) => tracing::debug!("deleted helper pod {name}"),
-        Ok(Err(kube::Error::Api(status))) if status.code == 404 => {}
+        Ok(Err(error)) if status::is_not_found(&error) => {}
         outcome => {
             let why = match outcome {
                 Ok(Err(error)) => error.to_string(),
@@ -288,7 +290,7 @@ async fn locate_container(
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pod = match pods.get(name).await {
         Ok(pod) => pod,
-        Err(kube::Error::Api(status)) if status.code == 404 => {
+        Err(error) if status::is_not_found(&error) => {
             return Err(SessionError::PodNotFound {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
@@ -358,10 +360,10 @@ async fn check_node_ready(client: &Client, node: &str) -> anyhow::Result<Option<
     let nodes: Api<Node> = Api::all(client.clone());
     let found = match nodes.get(node).await {
         Ok(found) => found,
-        Err(kube::Error::Api(status)) if status.code == 404 => {
+        Err(error) if status::is_not_found(&error) => {
             return Err(SessionError::NodeNotFound(node.to_owned()).into());
         }
-        Err(kube::Error::Api(status)) if status.code == 403 => {
+        Err(error) if status::is_forbidden(&error) => {
             tracing::debug!("may not read node {node}; skipping the readiness check");
             return Ok(None);
         }

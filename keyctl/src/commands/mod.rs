@@ -8,18 +8,15 @@ pub mod remove;
 use chrono::{DateTime, Utc};
 use nodegate_core::Expiry;
 
-use crate::access::{self, GRANTER_ROLE, Permission};
+use nodegate_cluster_client::Permission;
+
+use crate::access::{self, GRANTER_ROLE};
 use crate::cli::NodeSelection;
 use crate::nodes::{self, NodeMeta, Resolved};
 use crate::session::Session;
 
 /// The permission every change to grants needs.
-const PATCH_NODES: Permission<'static> = Permission {
-    verb: "patch",
-    group: "",
-    resource: "nodes",
-    namespace: None,
-};
+const PATCH_NODES: Permission = Permission::cluster("patch", "", "nodes");
 
 /// Finds the nodes a change works on, keeps those `keep` says need it, and makes sure the
 /// caller may patch every one of them, before anything is written. Named nodes are checked
@@ -38,7 +35,7 @@ pub async fn resolve_for_change(
         access::require_on_nodes(
             &session.client,
             caller,
-            PATCH_NODES,
+            &PATCH_NODES,
             &names,
             GRANTER_ROLE,
             session.concurrency,

@@ -21,11 +21,11 @@ use nodegate_core::grant::escape_for_display;
 use nodegate_core::{AnnotationPrefix, Grant, GrantKey, LoginUser, NodeGrants};
 
 use crate::cli::{PruneArgs, RevokeArgs};
-use crate::errors::describe_kube_error;
 use crate::events::{AuditTrail, GrantChange};
 use crate::nodes::{self, NodeMeta};
 use crate::session::Session;
 use crate::{fleet, keys, patch};
+use nodegate_cluster_client::{describe_kube_error, status};
 
 /// One annotation removed (or, in a dry run, that would be).
 #[derive(Debug, Clone)]
@@ -176,7 +176,7 @@ pub async fn remove_from_node(
             }
             // A failed test (422) or a conflict (409): most likely the node changed since it was
             // read, but a server may refuse the change itself with 422 too. A fresh read tells.
-            Err(kube::Error::Api(status)) if status.code == 422 || status.code == 409 => {
+            Err(error) if status::is_invalid(&error) || status::is_conflict(&error) => {
                 let fresh = match api.get_metadata(&name).await {
                     Ok(fresh) => fresh,
                     Err(error) => {
@@ -194,7 +194,7 @@ pub async fn remove_from_node(
                     changes += 1;
                     tracing::debug!(
                         "node {name} changed while removing grants ({}); reading it again",
-                        status.message
+                        status::api_status(&error).map_or("", |s| s.message.as_str())
                     );
                     if changes >= ATTEMPTS {
                         let left: Vec<Pick> = pick(&node, prefix, choice)
@@ -213,13 +213,11 @@ pub async fn remove_from_node(
                     tokio::time::sleep(conflict_pause(changes)).await;
                     continue;
                 }
-                describe_kube_error(&kube::Error::Api(status))
+                describe_kube_error(&error)
             }
             // The server refused this request (policy, validation, size): a removal on its own
             // may still pass.
-            Err(kube::Error::Api(status)) if is_refusal_of_the_request(status.code) => {
-                describe_kube_error(&kube::Error::Api(status))
-            }
+            Err(error) if status::is_refusal_of_the_request(&error) => describe_kube_error(&error),
             // The server or the way to it is in trouble: more requests would not help now.
             Err(error) => {
                 give_up(&mut outcome, picked, &describe_kube_error(&error));
@@ -239,12 +237,6 @@ pub async fn remove_from_node(
             }
         }
     }
-}
-
-/// Whether an API status refuses this request as such (so another request may fare better),
-/// rather than saying the server is overloaded or failing.
-fn is_refusal_of_the_request(code: u16) -> bool {
-    (400..500).contains(&code) && code != 408 && code != 429
 }
 
 /// How long to wait before reading a node again after it changed under us: growing, with

@@ -1,8 +1,10 @@
-//! Who the caller is, for the `granted-by` field and for messages about missing permissions.
+//! Who the caller is, for `granted-by`, helper pod labels and messages about missing
+//! permissions: one answer for every tool.
 //!
 //! The API server knows best: `SelfSubjectReview` (Kubernetes 1.28+) answers for every kind of
 //! credential. Older servers do not have it, so the name is then read from the kubeconfig's
-//! client certificate (its common name is the user name), or its `username`.
+//! client certificate (its common name is the user name), or its `username`, or the subject of
+//! its ServiceAccount token.
 
 use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
@@ -56,7 +58,7 @@ pub fn name_from_config(config: &kube::Config) -> Option<String> {
 }
 
 /// The `sub` claim of a JWT (a ServiceAccount token), read without verifying it: it only names
-/// the caller in messages and events; the API server decides what the token may do.
+/// the caller in messages, events and labels; the API server decides what the token may do.
 fn subject_of_jwt(token: &str) -> Option<String> {
     let payload = token.trim().split('.').nth(1)?;
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD

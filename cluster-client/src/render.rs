@@ -1,18 +1,45 @@
 //! Printing errors for people: one line per error, each cause said once.
 //!
-//! keyctl's own errors carry their cause either in their message or as their source, never
+//! The tools' own errors carry their cause either in their message or as their source, never
 //! both; errors from kube and other libraries often embed their source in their message *and*
 //! return it as the source, so a plain chain (`{:#}`) would print it twice. [`render`] prints
 //! a cause only when its text is not already there, and an API server's refusal as what the
 //! server said, not as a debug dump.
 
-use nodegate_core::client::describe_error_chain;
-
-/// The error and its causes, as one line.
-pub fn render(error: &anyhow::Error) -> String {
-    describe_error_chain(error.as_ref(), &|cause| {
+/// The error and its causes, as one line (what `keyctl` and `node-exec` print on failure).
+pub fn render(error: &(dyn std::error::Error + 'static)) -> String {
+    describe_error_chain(error, &|cause| {
         cause.downcast_ref::<kube::Error>().map(describe_kube_error)
     })
+}
+
+/// Renders an error and its sources as one line, every cause said once: a source whose text
+/// is already part of what was written (many errors, kube's among them, embed their source in
+/// their own message) is left out. `describe` may render a cause its own way; a cause it
+/// describes is taken to cover everything below it.
+pub fn describe_error_chain(
+    error: &(dyn std::error::Error + 'static),
+    describe: &dyn Fn(&(dyn std::error::Error + 'static)) -> Option<String>,
+) -> String {
+    let mut out = String::new();
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        let (text, covers_rest) = match describe(current) {
+            Some(text) => (text, true),
+            None => (current.to_string(), false),
+        };
+        if !text.is_empty() && !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        if covers_rest {
+            break;
+        }
+        cause = current.source();
+    }
+    out
 }
 
 /// A kube error for people: for an answer of the API server, its message and status code
@@ -48,6 +75,25 @@ mod tests {
     use super::*;
     use anyhow::Context as _;
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Embeds(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapper")]
+    struct Wraps(#[source] Embeds);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let error = Wraps(Embeds(std::io::Error::other("disk on fire")));
+        let text = describe_error_chain(&error, &|_| None);
+        assert_eq!(text, "wrapper: outer: disk on fire");
+        let custom = describe_error_chain(&error, &|e| {
+            e.downcast_ref::<Embeds>().map(|_| "described".to_owned())
+        });
+        assert_eq!(custom, "wrapper: described");
+    }
+
     fn api_error(code: u16, reason: &str, message: &str) -> kube::Error {
         kube::Error::Api(Box::new(kube::core::Status {
             code,
@@ -65,7 +111,7 @@ mod tests {
             "admission webhook \"guard\" denied the request: protected",
         ))
         .context("removing x");
-        let text = render(&error);
+        let text = render(error.as_ref());
         assert_eq!(
             text,
             "removing x: admission webhook \"guard\" denied the request: protected (403 Forbidden)"
@@ -98,6 +144,6 @@ mod tests {
                 std::io::Error::from(std::io::ErrorKind::NotFound)
             )
         );
-        assert_eq!(render(&error), embedded);
+        assert_eq!(render(error.as_ref()), embedded);
     }
 }
