@@ -14,16 +14,20 @@
 //! - [`status`]: what an API error means (not found, forbidden, conflict...), with kube-core's
 //!   `Status` helpers;
 //! - [`mod@render`]: an error and its causes as one line, each cause said once;
+//! - [`helper_pod`]: the short-lived helper pod a tool runs on a node (node-exec's, and the
+//!   coming `keyctl ssh`/`proxy`'s): created, waited for, kept alive, deleted on every way out,
+//!   and found by `gc`; each tool passes its names, spec parts, progress and wording;
 //! - [`Error`]: the one error type of this crate.
 //!
 //! What does not: the grant record (`nodegate-core`, which the login path uses without any of
 //! kube), and what one tool alone does. The login path (`authorized-keys-cmd`) never depends on
-//! this crate. The helper pod lifecycle of `node-exec` is the next thing to move here.
+//! this crate.
 
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod client;
+pub mod helper_pod;
 pub mod identity;
 pub mod names;
 pub mod render;
@@ -34,6 +38,7 @@ pub use client::{ClientOptions, Connection};
 pub use render::{describe_error_chain, describe_kube_error, render};
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Why talking to the cluster failed before any answer could be used.
 ///
@@ -75,6 +80,104 @@ pub enum Error {
         /// The permission asked about.
         permission: Box<Permission>,
         /// What went wrong (printed after the message, as its cause).
+        #[source]
+        source: kube::Error,
+    },
+    /// A helper pod permission is missing (at least one).
+    #[error(
+        "refused before creating anything: you may not {}. {advice}",
+        .missing.join(", nor ")
+    )]
+    Denied {
+        /// Each missing permission, as a phrase ("create pods/exec on pod shop/web-0").
+        missing: Vec<String>,
+        /// The tool's advice: which role to ask for ([`helper_pod::Wording::denied`]).
+        advice: &'static str,
+    },
+    /// The helper namespace does not exist.
+    #[error("namespace {namespace} not found: {remedy}")]
+    HelperNamespaceMissing {
+        /// The namespace.
+        namespace: String,
+        /// The tool's remedy ([`helper_pod::Wording::namespace_missing`]).
+        remedy: &'static str,
+    },
+    /// The API server refused or failed to create the helper pod.
+    #[error("creating the helper pod in {namespace}")]
+    CreateHelperPod {
+        /// The helper namespace.
+        namespace: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// The node cannot get the helper image.
+    #[error("node {node} cannot pull the helper image {image} ({reason}: {message}); {remedy}")]
+    HelperImagePull {
+        /// The node.
+        node: String,
+        /// The image.
+        image: String,
+        /// The kubelet's reason (ErrImagePull, ImagePullBackOff, ...).
+        reason: String,
+        /// The kubelet's message.
+        message: String,
+        /// The tool's remedy ([`helper_pod::Wording::image_pull`]).
+        remedy: &'static str,
+    },
+    /// The helper container could not be created or started.
+    #[error("the helper pod cannot start its container ({reason}: {message})")]
+    HelperContainer {
+        /// The kubelet's reason.
+        reason: String,
+        /// The kubelet's message.
+        message: String,
+    },
+    /// The helper pod ended (rejected by the kubelet, deadline, or deleted) before it ran.
+    #[error("the helper pod ended before it ran: {0}")]
+    HelperEnded(String),
+    /// Nothing conclusive happened to the helper pod in time.
+    #[error(
+        "the helper pod did not start within {} (last: {last}); is the kubelet on {node} working? {remedy}",
+        humantime::format_duration(*.timeout)
+    )]
+    HelperStartTimeout {
+        /// The node.
+        node: String,
+        /// The timeout.
+        timeout: Duration,
+        /// The last thing seen.
+        last: String,
+        /// The tool's remedy ([`helper_pod::Wording::start_timeout`]).
+        remedy: &'static str,
+    },
+    /// The API server failed while we watched the helper pod start.
+    #[error("watching the helper pod failed: {0}")]
+    HelperWatch(#[source] kube::Error),
+    /// The helper pod could not be deleted: a warning, since its deadline and `gc` remove it.
+    /// The cause is text, once: it is either the API's answer or a timeout.
+    #[error(
+        "could not delete helper pod {namespace}/{name} ({why}); Kubernetes stops it within {} of its start, and `{gc_command}` deletes it",
+        humantime::format_duration(*.deadline)
+    )]
+    HelperPodLeft {
+        /// The helper namespace.
+        namespace: String,
+        /// The pod.
+        name: String,
+        /// Why.
+        why: String,
+        /// The pod's deadline.
+        deadline: Duration,
+        /// The tool's command for leftovers ([`helper_pod::Wording::gc_command`]).
+        gc_command: &'static str,
+    },
+    /// Helper pods could not be listed.
+    #[error("listing helper pods in {namespace}")]
+    ListHelperPods {
+        /// The helper namespace.
+        namespace: String,
+        /// What the API server said.
         #[source]
         source: kube::Error,
     },

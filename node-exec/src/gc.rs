@@ -1,140 +1,62 @@
-//! `node-exec gc`: helper pods left behind, listed and deleted.
+//! `node-exec gc`: helper pods left behind, listed and deleted. Finding and judging them (by
+//! label, phase, deadline and heartbeat) is `nodegate_cluster_client::helper_pod::gc`; the
+//! table is node-exec's.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use comfy_table::Table;
 use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
-use kube::api::{DeleteParams, ListParams};
-use nodegate_cluster_client::{ClientOptions, status};
+use nodegate_cluster_client::ClientOptions;
+use nodegate_cluster_client::helper_pod::gc::{self, Action, Sweep};
 
 use crate::cli::GcArgs;
 use crate::config::Settings;
 use crate::helper;
 
-/// What `gc` makes of one helper pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Its session is running.
-    Active,
-    /// Already being deleted.
-    Terminating,
-    /// Its container ended.
-    Finished,
-    /// Older than its deadline.
-    PastDeadline,
-    /// Its node-exec stopped refreshing the heartbeat.
-    SessionGone,
-}
+pub use nodegate_cluster_client::helper_pod::gc::Verdict;
 
-impl Verdict {
-    /// Whether `gc` deletes it (without `--all`).
-    pub fn is_leftover(self) -> bool {
-        matches!(
-            self,
-            Verdict::Finished | Verdict::PastDeadline | Verdict::SessionGone
-        )
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Verdict::Active => "active",
-            Verdict::Terminating => "terminating",
-            Verdict::Finished => "finished",
-            Verdict::PastDeadline => "past deadline",
-            Verdict::SessionGone => "session gone",
-        }
-    }
-}
-
-/// Judges one helper pod at `now`.
+/// Judges one of node-exec's helper pods at `now`.
 pub fn verdict(pod: &Pod, now: DateTime<Utc>, stale_after: Duration) -> Verdict {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return Verdict::Terminating;
-    }
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    if matches!(phase, Some("Succeeded" | "Failed")) {
-        return Verdict::Finished;
-    }
-    let created = pod
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0));
-    let age = created.map(|c| (now - c).to_std().unwrap_or_default());
-    let deadline = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.active_deadline_seconds)
-        .and_then(|s| u64::try_from(s).ok())
-        .map(Duration::from_secs);
-    if let (Some(age), Some(deadline)) = (age, deadline)
-        && age > deadline
-    {
-        return Verdict::PastDeadline;
-    }
-    let heartbeat = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(helper::HEARTBEAT_ANNOTATION))
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.to_utc())
-        .or(created);
-    match heartbeat {
-        Some(beat) if (now - beat).to_std().unwrap_or_default() > stale_after => {
-            Verdict::SessionGone
-        }
-        Some(_) => Verdict::Active,
-        None => Verdict::SessionGone,
-    }
+    gc::verdict(pod, &helper::TOOL, now, stale_after)
 }
 
-/// Lists helper pods, deletes the leftovers (all with `--all`), prints a table; exit code 0.
+/// Lists helper pods, deletes the leftovers (all with `--all`), prints a table; exit code 0,
+/// or 1 if a deletion failed.
 pub async fn run(
     options: &ClientOptions,
     settings: &Settings,
     args: &GcArgs,
 ) -> anyhow::Result<u8> {
-    use anyhow::Context as _;
     let client = options.client().await?;
-    let pods: Api<Pod> = Api::namespaced(client, &settings.helper_namespace);
-    let selector = format!("{}={}", helper::MANAGED_BY_LABEL, helper::MANAGED_BY);
-    let list = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .with_context(|| format!("listing helper pods in {}", settings.helper_namespace))?;
     let now = Utc::now();
+    let sweep = Sweep {
+        stale_after: args.stale_after,
+        all: args.all,
+        dry_run: args.dry_run,
+    };
+    let swept = gc::sweep(
+        &client,
+        &helper::TOOL,
+        &settings.helper_namespace,
+        sweep,
+        now,
+    )
+    .await?;
     let mut table = Table::new();
     table.load_style(comfy_table::presets::NOTHING);
     table.set_header(["POD", "NODE", "USER", "TARGET", "AGE", "STATE", "ACTION"]);
-    let mut deleted = 0usize;
-    let mut failed = 0usize;
-    for pod in &list.items {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let verdict = verdict(pod, now, args.stale_after);
-        let delete = verdict != Verdict::Terminating && (args.all || verdict.is_leftover());
-        let action = if !delete {
-            "kept".to_owned()
-        } else if args.dry_run {
-            "would delete".to_owned()
-        } else {
-            match pods
-                .delete(&name, &DeleteParams::default().grace_period(0))
-                .await
-            {
-                Ok(_) => {
-                    deleted += 1;
-                    "deleted".to_owned()
-                }
-                Err(error) if status::is_not_found(&error) => "gone".to_owned(),
-                Err(error) => {
-                    failed += 1;
-                    format!("delete failed: {error}")
-                }
-            }
-        };
+    let deleted = swept.iter().filter(|s| s.action == Action::Deleted).count();
+    let failed = swept
+        .iter()
+        .filter(|s| matches!(s.action, Action::Failed(_)))
+        .count();
+    for gc::Swept {
+        pod,
+        verdict,
+        action,
+    } in &swept
+    {
         let annotation = |key: &str| {
             pod.metadata
                 .annotations
@@ -153,7 +75,7 @@ pub async fn run(
             })
             .unwrap_or_default();
         table.add_row([
-            name,
+            pod.metadata.name.clone().unwrap_or_default(),
             pod.spec
                 .as_ref()
                 .and_then(|s| s.node_name.clone())
@@ -162,10 +84,10 @@ pub async fn run(
             annotation(helper::TARGET_ANNOTATION),
             age,
             verdict.describe().to_owned(),
-            action,
+            action.to_string(),
         ]);
     }
-    if list.items.is_empty() {
+    if swept.is_empty() {
         println!("no helper pods in {}", settings.helper_namespace);
         return Ok(0);
     }

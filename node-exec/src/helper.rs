@@ -1,14 +1,17 @@
-//! The helper pod and the script it runs to enter the target.
+//! node-exec's helper pod: its names and the parts of its spec that are node-exec's (privileged,
+//! as root, in the host's PID, network and IPC namespaces), and the script it runs to enter the
+//! target. The pod's lifecycle (creation, start, heartbeat, deletion, gc) is
+//! `nodegate_cluster_client::helper_pod`, shared with the tools to come.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use k8s_openapi::api::core::v1::Pod;
-use nodegate_cluster_client::names::label_value;
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{Pod, SecurityContext};
+use nodegate_cluster_client::helper_pod::{self, HostNamespaces, Tool, Wording};
 
 use crate::config::Settings;
 use crate::user::UserSpec;
 
-/// Label every helper pod carries, so that `gc` and operators can find them.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub use nodegate_cluster_client::helper_pod::{MANAGED_BY_LABEL, timestamp};
+
 /// Value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY: &str = "node-exec";
 /// Label with the caller's name (made label-safe).
@@ -21,8 +24,26 @@ pub const CALLER_ANNOTATION: &str = "nodegate.dev/node-exec-caller";
 pub const TARGET_ANNOTATION: &str = "nodegate.dev/node-exec-target";
 /// Annotation the running node-exec refreshes; `gc` treats a stale one as a session gone.
 pub const HEARTBEAT_ANNOTATION: &str = "nodegate.dev/node-exec-heartbeat";
-/// The helper pod's only container.
-pub const CONTAINER: &str = "node-exec";
+/// The helper pod's only container (named after the tool, as every helper pod's is).
+pub const CONTAINER: &str = MANAGED_BY;
+
+/// node-exec as the owner of helper pods: its labels, and its remedies (its flags, its settings
+/// file, its role and namespace manifests) in the shared lifecycle's errors.
+pub const TOOL: Tool = Tool {
+    name: MANAGED_BY,
+    user_label: USER_LABEL,
+    node_label: NODE_LABEL,
+    caller_annotation: CALLER_ANNOTATION,
+    target_annotation: TARGET_ANNOTATION,
+    heartbeat_annotation: HEARTBEAT_ANNOTATION,
+    wording: Wording {
+        denied: "Ask a cluster admin for the node-exec-operator role (packaging/rbac/node-exec-operator.yaml)",
+        namespace_missing: "apply packaging/node-exec-namespace.yaml (or pass --helper-namespace)",
+        image_pull: "on an air-gapped cluster mirror it and pass --image (or set image in ~/.config/nodegate/node-exec.toml)",
+        start_timeout: "Raise --start-timeout for slow image pulls",
+        gc_command: "node-exec gc",
+    },
+};
 
 /// The script run in the helper pod (see its header for the arguments).
 pub const SCRIPT: &str = include_str!("helper.sh");
@@ -31,7 +52,7 @@ pub const SCRIPT: &str = include_str!("helper.sh");
 /// message on stderr.
 pub const SCRIPT_REFUSED: i32 = 125;
 
-/// What the caller asked for, for [`helper_pod`].
+/// What the caller asked for, for [`helper_pod()`].
 #[derive(Debug, Clone)]
 pub struct PodRequest<'a> {
     /// The node to pin the pod to.
@@ -44,63 +65,33 @@ pub struct PodRequest<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// The helper pod: pinned to the node, privileged, in the host's PID, network and IPC
-/// namespaces, tolerating every taint, without a ServiceAccount token, and killed by Kubernetes
-/// after the deadline.
+/// The helper pod: the shared one (pinned to the node, tolerating every taint, without a
+/// ServiceAccount token, killed by Kubernetes after the deadline), privileged and as root in
+/// the host's PID, network and IPC namespaces, because `nsenter` into any process needs that.
 pub fn helper_pod(settings: &Settings, request: &PodRequest<'_>) -> Pod {
-    let deadline = settings.deadline.as_secs().max(1);
-    let readable_node = request.node.len() <= 40 && !request.node.contains('.');
-    let generate_name = if readable_node {
-        format!("node-exec-{}-", request.node)
-    } else {
-        "node-exec-".to_owned()
-    };
-    let mut container = serde_json::json!({
-        "name": CONTAINER,
-        "image": settings.image,
-        // The deadline ends the pod first; sleep only keeps it alive until then.
-        "command": ["sleep", (deadline + 60).to_string()],
-        "securityContext": {"privileged": true, "runAsUser": 0, "runAsGroup": 0},
-    });
-    if let Some(policy) = &settings.image_pull_policy {
-        container["imagePullPolicy"] = policy.as_str().into();
-    }
-    let pod = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "generateName": generate_name,
-            "labels": {
-                MANAGED_BY_LABEL: MANAGED_BY,
-                USER_LABEL: label_value(request.caller),
-                NODE_LABEL: label_value(request.node),
+    helper_pod::helper_pod(
+        &TOOL,
+        &helper_pod::PodRequest {
+            node: request.node,
+            caller: request.caller,
+            target: request.target,
+            now: request.now,
+            image: &settings.image,
+            image_pull_policy: settings.image_pull_policy.as_deref(),
+            deadline: settings.deadline,
+            host: HostNamespaces {
+                pid: true,
+                network: true,
+                ipc: true,
             },
-            "annotations": {
-                CALLER_ANNOTATION: request.caller,
-                TARGET_ANNOTATION: request.target,
-                HEARTBEAT_ANNOTATION: timestamp(request.now),
-            },
+            security_context: Some(SecurityContext {
+                privileged: Some(true),
+                run_as_user: Some(0),
+                run_as_group: Some(0),
+                ..SecurityContext::default()
+            }),
         },
-        "spec": {
-            "nodeName": request.node,
-            "restartPolicy": "Never",
-            "activeDeadlineSeconds": deadline,
-            "terminationGracePeriodSeconds": 0,
-            "automountServiceAccountToken": false,
-            "enableServiceLinks": false,
-            "hostPID": true,
-            "hostNetwork": true,
-            "hostIPC": true,
-            "tolerations": [{"operator": "Exists"}],
-            "containers": [container],
-        },
-    });
-    serde_json::from_value(pod).expect("the helper pod literal matches the Pod schema")
-}
-
-/// A heartbeat value: RFC 3339, UTC, seconds.
-pub fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+    )
 }
 
 /// Whose namespaces the session enters.

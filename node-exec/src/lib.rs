@@ -7,11 +7,12 @@
 //!
 //! Modules, in the order a session uses them: [`cli`] and [`config`] (what was asked),
 //! [`target`] and [`user`] (validated input), [`access`] (the permissions checked before
-//! anything is created), [`helper`] (the pod and the script it runs), [`startup`] (waiting for
-//! the pod with a spinner), [`stream`] (stdin/stdout/TTY over the exec connection),
-//! [`session`] (the whole flow and its cleanup), [`gc`] (leftovers). Talking to the cluster
-//! (client, the caller's identity, access reviews, error rendering) is
-//! `nodegate-cluster-client`, shared with keyctl.
+//! anything is created), [`helper`] (node-exec's parts of the pod, and the script it runs),
+//! [`startup`] (the spinner), [`stream`] (stdin/stdout/TTY over the exec connection),
+//! [`session`] (the checks and what is done with the running pod), [`gc`] (the table of
+//! leftovers). Talking to the cluster (client, the caller's identity, access reviews, error
+//! rendering) and the helper pod's lifecycle (creation, start, heartbeat, deletion on every way
+//! out, finding leftovers) are `nodegate-cluster-client`, shared with keyctl.
 
 #![forbid(unsafe_code)]
 

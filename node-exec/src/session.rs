@@ -1,29 +1,29 @@
-//! One session: checks, the helper pod, the remote command, and cleanup on every way out.
+//! One session: checks, the helper pod, the remote command. The helper pod's lifecycle
+//! (creation, start, heartbeat, deletion on every way out) is
+//! `nodegate_cluster_client::helper_pod::lifecycle`; this module says what node-exec checks
+//! first and what it does with the running pod.
 
 use std::io::IsTerminal as _;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{Event, Node, NodeCondition, Pod};
-use kube::api::{AttachParams, DeleteParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
+use kube::api::AttachParams;
 use kube::{Api, Client};
-use tokio::signal::unix::{SignalKind, signal};
 
+use nodegate_cluster_client::helper_pod::{self, Ended, Lifecycle, Running, Signals};
 use nodegate_cluster_client::{Connection, identity, status};
 
 use crate::access;
 use crate::cli::{Cli, TtyMode};
 use crate::config::Settings;
 use crate::helper::{self, Entry, ExecPlan, PodRequest};
-use crate::startup::{self, Progress};
+use crate::startup::Progress;
 use crate::stream;
 use crate::target::{Target, TargetError};
 use crate::user::UserSpec;
 
 /// How often a running session refreshes its heartbeat annotation.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
-/// How long cleanup may take before we give up and leave the pod to its deadline.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+pub use nodegate_cluster_client::helper_pod::lifecycle::HEARTBEAT_INTERVAL;
 
 /// Why a session could not start or ended abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -70,14 +70,6 @@ pub enum SessionError {
         /// The container.
         container: String,
     },
-    /// The helper namespace is missing.
-    #[error(
-        "namespace {0} not found: apply packaging/node-exec-namespace.yaml (or pass --helper-namespace)"
-    )]
-    HelperNamespaceMissing(String),
-    /// A signal ended the session.
-    #[error("interrupted by {0}")]
-    Interrupted(&'static str),
 }
 
 /// Runs the session the command line asks for; returns the remote command's exit code.
@@ -102,11 +94,7 @@ pub async fn run(cli: &Cli, settings: &Settings) -> anyhow::Result<u8> {
     let Connection { client, config } = cli.client_options().connect().await?;
     let default_namespace = config.default_namespace.clone();
     let helper_ns = settings.helper_namespace.as_str();
-    let mut permissions = vec![
-        access::create_pods(helper_ns),
-        access::exec_pods(helper_ns, None),
-        access::delete_pods(helper_ns),
-    ];
+    let mut permissions = helper_pod::access::helper_permissions(helper_ns);
 
     let (node, entry, description) = match &target {
         Target::Node(node) => (
@@ -138,37 +126,19 @@ pub async fn run(cli: &Cli, settings: &Settings) -> anyhow::Result<u8> {
 
     // Asked once the checks passed, so that an unreachable API server is said by them first.
     let caller = identity::caller_name(&client, &config).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), helper_ns);
     let request = PodRequest {
         node: &node,
         caller: &caller,
         target: &description,
         now: chrono::Utc::now(),
     };
-    let progress = Progress::new(cli.quiet);
-    progress.say(format!("creating a helper pod on {node}"));
-    // Not cancelled by a signal: the pod might exist without us knowing its name. A signal that
-    // arrives meanwhile is taken up below, with the name known.
-    let created = pods
-        .create(
-            &PostParams::default(),
-            &helper::helper_pod(settings, &request),
-        )
-        .await;
-    let created = match created {
-        Ok(pod) => pod,
-        Err(error) if status::is_not_found(&error) => {
-            progress.finish();
-            return Err(SessionError::HelperNamespaceMissing(helper_ns.to_owned()).into());
-        }
-        Err(error) => {
-            progress.finish();
-            return Err(error).context(format!("creating the helper pod in {helper_ns}"));
-        }
+    let lifecycle = Lifecycle {
+        tool: &helper::TOOL,
+        namespace: helper_ns,
+        pod: helper::helper_pod(settings, &request),
+        start_timeout: settings.start_timeout,
+        deadline: settings.deadline,
     };
-    let name = created.metadata.name.clone().unwrap_or_default();
-    tracing::debug!("created helper pod {helper_ns}/{name}");
-
     let plan = ExecPlan {
         entry,
         user,
@@ -180,45 +150,28 @@ pub async fn run(cli: &Cli, settings: &Settings) -> anyhow::Result<u8> {
             .map(|(cols, rows)| (rows, cols)),
         command: cli.remote_command.clone(),
     };
-    let outcome = tokio::select! {
-        outcome = session(&client, &pods, &created, settings, &plan, tty, &progress) => outcome,
-        signal = signals.next() => Err(SessionError::Interrupted(signal).into()),
-    };
-    progress.finish();
-    delete_helper(&pods, &name, settings).await;
-    match outcome {
-        Ok(code) => Ok(code),
-        Err(error) => match error.downcast_ref::<SessionError>() {
-            Some(SessionError::Interrupted(signal)) => {
-                eprintln!("node-exec: interrupted by {signal}; helper pod {name} deleted");
-                Ok(Signals::exit_code(signal))
-            }
-            _ => Err(error),
-        },
+    let progress = Progress::new(cli.quiet);
+    let ended = helper_pod::run(&client, lifecycle, &progress, &mut signals, |running| {
+        session(running, &plan, tty, &progress)
+    })
+    .await?;
+    match ended {
+        Ended::Finished(code) => Ok(code),
+        Ended::Interrupted { signal, pod } => {
+            eprintln!("node-exec: interrupted by {signal}; helper pod {pod} deleted");
+            Ok(Signals::exit_code(signal))
+        }
     }
 }
 
-/// Waits for the helper pod, then runs the command in it with a heartbeat going.
+/// Runs the command in the running helper pod (the lifecycle keeps the heartbeat going).
 async fn session(
-    client: &Client,
-    pods: &Api<Pod>,
-    created: &Pod,
-    settings: &Settings,
+    running: Running,
     plan: &ExecPlan,
     tty: bool,
     progress: &Progress,
 ) -> anyhow::Result<u8> {
-    let name = created.metadata.name.clone().unwrap_or_default();
-    let events: Api<Event> = Api::namespaced(client.clone(), &settings.helper_namespace);
-    startup::wait_running(
-        pods,
-        &events,
-        created,
-        &settings.image,
-        settings.start_timeout,
-        progress,
-    )
-    .await?;
+    let Running { pods, name, .. } = running;
     progress.say(format!("{name}: entering"));
     let params = AttachParams::default()
         .container(helper::CONTAINER)
@@ -236,48 +189,7 @@ async fn session(
     } else {
         None
     };
-    tokio::select! {
-        code = stream::connect(process, tty, plan.framed_stdin) => Ok(code?),
-        never = heartbeat(pods, &name) => match never {},
-    }
-}
-
-/// Refreshes the heartbeat annotation until cancelled; failures only delay `gc`'s verdict.
-async fn heartbeat(pods: &Api<Pod>, name: &str) -> std::convert::Infallible {
-    let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
-    interval.tick().await; // the pod was created with a fresh heartbeat
-    loop {
-        interval.tick().await;
-        let patch = serde_json::json!({"metadata": {"annotations": {
-            helper::HEARTBEAT_ANNOTATION: helper::timestamp(chrono::Utc::now()),
-        }}});
-        if let Err(error) = pods
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            tracing::debug!("heartbeat of {name} failed: {error}");
-        }
-    }
-}
-
-/// Deletes the helper pod now; if that fails, says how it will still go away.
-async fn delete_helper(pods: &Api<Pod>, name: &str, settings: &Settings) {
-    let params = DeleteParams::default().grace_period(0);
-    match tokio::time::timeout(CLEANUP_TIMEOUT, pods.delete(name, &params)).await {
-        Ok(Ok(_)) => tracing::debug!("deleted helper pod {name}"),
-        Ok(Err(error)) if status::is_not_found(&error) => {}
-        outcome => {
-            let why = match outcome {
-                Ok(Err(error)) => error.to_string(),
-                _ => "timed out".into(),
-            };
-            eprintln!(
-                "node-exec: could not delete helper pod {}/{name} ({why}); Kubernetes stops it within {} of its start, and `node-exec gc` deletes it",
-                settings.helper_namespace,
-                humantime::format_duration(settings.deadline)
-            );
-        }
-    }
+    Ok(stream::connect(process, tty, plan.framed_stdin).await?)
 }
 
 /// Finds the node and container ID of the container to enter.
@@ -406,40 +318,6 @@ async fn check_node_ready(client: &Client, node: &str) -> anyhow::Result<Option<
 fn only_network_down(condition: &NodeCondition) -> bool {
     let message = condition.message.as_deref().unwrap_or_default();
     message.starts_with("runtime network not ready") && !message.contains("RuntimeReady=false")
-}
-
-/// SIGINT, SIGTERM and SIGHUP, caught so that the helper pod is deleted first.
-struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    hangup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Self> {
-        Ok(Signals {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-            hangup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
-            _ = self.hangup.recv() => "SIGHUP",
-        }
-    }
-
-    /// 128 + the signal number, as shells report a command killed by it.
-    fn exit_code(name: &str) -> u8 {
-        match name {
-            "SIGHUP" => 129,
-            "SIGINT" => 130,
-            _ => 143,
-        }
-    }
 }
 
 #[cfg(test)]
