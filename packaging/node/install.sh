@@ -12,6 +12,7 @@
 #   ./install.sh --uninstall          undo: drop-in removed, units off, files removed
 #   ./install.sh --uninstall --purge  also remove /etc/nodegate and /var/lib/nodegate
 #   ./install.sh --destdir DIR        only copy the files under DIR (how packages are built)
+#   ./install.sh --list-units         print the units enabled on install (for the packages' scripts)
 #
 # Options: --binary PATH (default: ./authorized-keys-cmd), --systemd-dir DIR (default
 # PREFIX/lib/systemd/system for /usr, /etc/systemd/system otherwise).
@@ -39,6 +40,7 @@ while [ $# -gt 0 ]; do
     --systemd-dir) systemd_dir=${2:?--systemd-dir needs a directory}; shift 2 ;;
     --uninstall) action=uninstall; shift ;;
     --purge) purge=yes; shift ;;
+    --list-units) action=list-units; shift ;;
     -h | --help) usage ;;
     *) echo "install.sh: unknown argument '$1'" >&2; usage ;;
   esac
@@ -50,8 +52,24 @@ man8=$prefix/share/man/man8
 if [ -z "$systemd_dir" ]; then
   if [ "$prefix" = /usr ]; then systemd_dir=/usr/lib/systemd/system; else systemd_dir=/etc/systemd/system; fi
 fi
-units="nodegate-node-credentials.path nodegate-node-credentials.service nodegate-cache-refresh.timer"
-unit_files="nodegate-node-credentials.path nodegate-node-credentials.service nodegate-cache-refresh.service nodegate-cache-refresh.timer"
+# The systemd units, listed nowhere else: every file in systemd/ next to this script is installed,
+# and those with an [Install] section are enabled and started (the others are started by them:
+# nodegate-cache-refresh.service by its timer). The .deb and .rpm scripts get the list from
+# `install.sh --list-units` when packaging/build-packages builds them.
+unit_files=
+units=
+for unit in "$src"/systemd/*; do
+  [ -f "$unit" ] || continue
+  unit_files="$unit_files ${unit##*/}"
+  if grep -q '^\[Install\]' "$unit"; then units="$units ${unit##*/}"; fi
+done
+unit_files=${unit_files# }
+units=${units# }
+[ -n "$units" ] || { echo "install.sh: no systemd units with an [Install] section in $src/systemd" >&2; exit 1; }
+if [ "$action" = list-units ]; then
+  echo "$units"
+  exit 0
+fi
 
 if [ -z "$destdir" ] && [ "$(id -u)" != 0 ]; then
   echo "install.sh: run as root (it installs into $prefix, /etc and /var/lib)" >&2
@@ -73,7 +91,8 @@ install_files() { # ROOT
   cp "$binary" "$root$libexec/authorized-keys-cmd.tmp"
   chmod 0755 "$root$libexec/authorized-keys-cmd.tmp"
   mv -f "$root$libexec/authorized-keys-cmd.tmp" "$root$libexec/authorized-keys-cmd"
-  put_text 0755 "$src/export-node-kubeconfig" "$root$libexec/export-node-kubeconfig"
+  # Earlier versions shipped a shell script for what `authorized-keys-cmd export-kubeconfig` does.
+  rm -f "$root$libexec/export-node-kubeconfig"
   put_text 0644 "$src/nodegate-sshd.sh" "$root$share/nodegate-sshd.sh"
   put_text 0644 "$src/50-nodegate.conf" "$root$share/50-nodegate.conf"
   for unit in $unit_files; do
@@ -102,7 +121,7 @@ case $action in
     NODEGATE_SHARE_DIR=$share NODEGATE_LIBEXEC_DIR=$libexec
     . "$share/nodegate-sshd.sh"
     nodegate_setup_user_and_dirs
-    "$libexec/export-node-kubeconfig" 2>/dev/null || echo "install.sh: no kubelet kubeconfig yet; nodegate-node-credentials exports it when the kubelet has one" >&2
+    "$libexec/authorized-keys-cmd" export-kubeconfig 2>/dev/null || echo "install.sh: no usable kubelet kubeconfig yet; nodegate-node-credentials.service exports it when the kubelet has one ('$libexec/authorized-keys-cmd export-kubeconfig' says why now)" >&2
     if command -v systemctl >/dev/null 2>&1; then
       if have_systemd; then
         systemctl daemon-reload
@@ -111,7 +130,7 @@ case $action in
         systemctl enable $units # an image being built: they start on boot
       fi
     else
-      echo "install.sh: no systemd; run $libexec/export-node-kubeconfig when the kubelet's credentials change and 'authorized-keys-cmd refresh' as user nodegate every few minutes" >&2
+      echo "install.sh: no systemd; run '$libexec/authorized-keys-cmd export-kubeconfig' as root when the kubelet's credentials change and 'authorized-keys-cmd refresh' as user nodegate every few minutes" >&2
     fi
     nodegate_sshd_enable
     ;;

@@ -1,10 +1,12 @@
 //! Node packaging: the sshd drop-in library shared by the .deb, the RPM and install.sh, the
-//! credential export, and (ignored unless `packaging/test-packages` runs it, after installing
-//! the package on this machine) a real ssh login through the installed package.
+//! credential export (`authorized-keys-cmd export-kubeconfig`), and (ignored unless
+//! `packaging/test-packages` runs it, after installing the package on this machine) a real ssh
+//! login through the installed package, with the credentials exported as the packaged unit does.
 //!
 //! The library tests run the real `sshd -t`/`sshd -T` against configurations in a temp dir and
 //! never touch `/etc/ssh`.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,7 @@ use std::time::Duration;
 use chrono::Utc;
 use nodegate_core::{AnnotationPrefix, Expiry, Grant, GrantKey, GrantText, LoginUser};
 use nodegate_testkit::process::{Scratch, free_port, wait_until};
-use nodegate_testkit::{Cluster, Validity, workspace_root};
+use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
 
 const MARKER: &str = "# nodegate-node: managed by /usr/share/nodegate/nodegate-sshd.sh";
 const OUR_COMMAND: &str = "/usr/libexec/nodegate/authorized-keys-cmd %u %f";
@@ -252,21 +254,50 @@ fn a_dropin_dir_sshd_does_not_include_is_reported() {
     );
 }
 
+/// The gid of `name` in /etc/group.
+fn group_gid(name: &str) -> u32 {
+    fs::read_to_string("/etc/group")
+        .expect("read /etc/group")
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no group {name} in /etc/group"))
+}
+
+fn export_kubeconfig(command: &Path, args: &[&OsStr]) -> Output {
+    Command::new(command)
+        .arg("export-kubeconfig")
+        .args(args)
+        .output()
+        .expect("run authorized-keys-cmd export-kubeconfig")
+}
+
 #[test]
-fn export_node_kubeconfig_embeds_the_kubelet_credentials() {
+fn export_kubeconfig_embeds_the_kubelet_credentials() {
+    let command = workspace_bin("authorized-keys-cmd");
     let cluster = Cluster::shared();
     let node = "export-kubeconfig-node";
     cluster.create_node(node);
-    // A kubelet-style kubeconfig: CA, certificate and key are paths to files.
+    // A kubelet-style kubeconfig: CA, certificate and key are paths to files (certificate and
+    // key in one file, as kubelet-client-current.pem).
     let kubelet = cluster.node_kubeconfig(node, Validity::Current);
     let scratch = Scratch::new("export");
     let exported = scratch.join("node.kubeconfig");
-    let out = Command::new(workspace_root().join("packaging/node/export-node-kubeconfig"))
-        .arg(&kubelet)
-        .env("NODEGATE_NODE_KUBECONFIG", &exported)
-        .output()
-        .expect("run export-node-kubeconfig");
+    // Any group but root's shows that the group is set; `daemon` is in every Debian base system.
+    let group = "daemon";
+    let args = [
+        OsStr::new("--from"),
+        kubelet.as_os_str(),
+        OsStr::new("--to"),
+        exported.as_os_str(),
+        OsStr::new("--group"),
+        OsStr::new(group),
+    ];
+    let out = export_kubeconfig(&command, &args);
     assert!(out.status.success(), "export failed: {}", stderr(&out));
+    assert!(stderr(&out).contains("wrote"), "{}", stderr(&out));
     let text = fs::read_to_string(&exported).expect("exported kubeconfig");
     for field in ["certificate-authority", "client-certificate", "client-key"] {
         assert!(
@@ -278,25 +309,98 @@ fn export_node_kubeconfig_embeds_the_kubelet_credentials() {
             "{field} still a path:\n{text}"
         );
     }
-    assert_eq!(fs::metadata(&exported).unwrap().mode() & 0o777, 0o640);
-    // The copy alone (the original files are not needed) reads the node as that node.
+    let meta = fs::symlink_metadata(&exported).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+    assert_eq!(meta.uid(), fs::metadata("/proc/self").unwrap().uid());
+    assert_eq!(meta.gid(), group_gid(group), "group {group} may read it");
+    // The copy alone (the original files are not needed) reads the node as that node, with
+    // kubectl and with the login path's own TLS client.
     let get = nodegate_testkit::cluster::kubectl_as(
         &exported,
         &["get", "node", node, "-o", "name"],
         None,
     );
     assert!(get.status.success(), "{}", stderr(&get));
-
-    // Bad input: a clear error and no output file.
-    let missing = scratch.join("missing.kubeconfig");
-    let out = Command::new(workspace_root().join("packaging/node/export-node-kubeconfig"))
-        .arg(&missing)
-        .env("NODEGATE_NODE_KUBECONFIG", scratch.join("never"))
+    let config = scratch.write("authorized-keys-cmd.toml", "");
+    let refresh = Command::new(&command)
+        .arg("--config")
+        .arg(&config)
+        .arg("--kubeconfig")
+        .arg(&exported)
+        .arg("--cache")
+        .arg(scratch.join("cache.sqlite"))
+        .arg("refresh")
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert!(
+        refresh.status.success(),
+        "refresh with the exported kubeconfig: {}",
+        stderr(&refresh)
+    );
+
+    // The same credentials again (the path unit fires on every change in the kubelet's pki
+    // directory): the file, and so its inode, which the cache keys on, stays.
+    let again = export_kubeconfig(&command, &args);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stderr(&again).contains("up to date"), "{}", stderr(&again));
+    assert_eq!(fs::metadata(&exported).unwrap().ino(), meta.ino());
+
+    // A symbolic link at the destination is neither followed nor replaced.
+    let target = scratch.write("elsewhere", "not to be touched");
+    let linked = scratch.join("linked.kubeconfig");
+    std::os::unix::fs::symlink(&target, &linked).unwrap();
+    let out = export_kubeconfig(
+        &command,
+        &[
+            OsStr::new("--from"),
+            kubelet.as_os_str(),
+            OsStr::new("--to"),
+            linked.as_os_str(),
+            OsStr::new("--group"),
+            OsStr::new(group),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is a symbolic link"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read_to_string(&target).unwrap(), "not to be touched");
+    assert!(fs::symlink_metadata(&linked).unwrap().is_symlink());
+
+    // Bad input: one clear error, exit 1, and no output file.
+    let missing = scratch.join("missing.kubeconfig");
+    let never = scratch.join("never");
+    let out = export_kubeconfig(
+        &command,
+        &[
+            OsStr::new("--from"),
+            missing.as_os_str(),
+            OsStr::new("--to"),
+            never.as_os_str(),
+            OsStr::new("--group"),
+            OsStr::new(group),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
-    assert!(!scratch.join("never").exists());
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(!never.exists());
+    // An option of the login path: a usage error (exit 2), nothing written.
+    let out = export_kubeconfig(
+        &command,
+        &[
+            OsStr::new("--kubeconfig"),
+            kubelet.as_os_str(),
+            OsStr::new("--to"),
+            never.as_os_str(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--from"), "{}", stderr(&out));
+    assert!(!never.exists());
 }
 
 // ---- The installed package (run by packaging/test-packages) ----
@@ -311,6 +415,37 @@ fn installed_libexec() -> PathBuf {
 
 fn installed_command() -> PathBuf {
     installed_libexec().join("authorized-keys-cmd")
+}
+
+/// The `ExecStart=` of an installed unit, and its `CapabilityBoundingSet=` as setpriv's
+/// `,+cap,+cap` list.
+fn installed_unit_command(unit: &str) -> (String, String) {
+    let dirs = [
+        "/lib/systemd/system",
+        "/usr/lib/systemd/system",
+        "/etc/systemd/system",
+    ];
+    let text = dirs
+        .iter()
+        .find_map(|d| fs::read_to_string(Path::new(d).join(unit)).ok())
+        .unwrap_or_else(|| panic!("{unit} is not installed in any of {dirs:?}"));
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let exec_start = value("ExecStart").unwrap_or_else(|| panic!("{unit} has no ExecStart"));
+    assert!(
+        exec_start.starts_with(installed_command().to_str().unwrap()),
+        "{unit} runs {exec_start}, not {}",
+        installed_command().display()
+    );
+    let capabilities = value("CapabilityBoundingSet")
+        .unwrap_or_else(|| panic!("{unit} has no CapabilityBoundingSet"))
+        .split_whitespace()
+        .map(|c| format!(",+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    (exec_start, capabilities)
 }
 
 fn ssh_login(scratch: &Scratch, port: u16, key: &Path) -> Output {
@@ -378,13 +513,24 @@ fn ssh_login_through_the_installed_package() {
     let node = "packaged-node";
     cluster.create_node(node);
 
-    // What nodegate-node-credentials.service does when the kubelet's credentials change.
+    // What nodegate-node-credentials.service does when the kubelet's credentials change: its
+    // ExecStart, with no more of root's powers than its CapabilityBoundingSet, pointed at this
+    // test's kubelet kubeconfig.
     let kubelet = cluster.node_kubeconfig(node, Validity::Current);
-    let out = Command::new(installed_libexec().join("export-node-kubeconfig"))
-        .arg(&kubelet)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "export failed: {}", stderr(&out));
+    let (exec_start, capabilities) = installed_unit_command("nodegate-node-credentials.service");
+    let mut export = Command::new("setpriv");
+    export
+        .arg(format!("--bounding-set=-all{capabilities}"))
+        .arg("--")
+        .args(exec_start.split_whitespace())
+        .arg("--from")
+        .arg(&kubelet);
+    let out = export.output().expect("run setpriv");
+    assert!(
+        out.status.success(),
+        "export ({export:?}) failed: {}",
+        stderr(&out)
+    );
     let exported = fs::metadata("/var/lib/nodegate/node.kubeconfig").expect("exported kubeconfig");
     let state_dir = fs::metadata("/var/lib/nodegate").unwrap();
     assert_eq!(exported.mode() & 0o777, 0o640);
