@@ -518,7 +518,7 @@ mod tests {
 }
 
 /// Request shapes against a mock API server (the behaviour against a real one is covered by
-/// `tests/tests/keyctl.rs`): the exact method, URI, content type and JSON patch body.
+/// `tests/keyctl.rs`): the exact method, URI, content type and JSON patch body.
 #[cfg(test)]
 mod mock_api_tests {
     use super::*;

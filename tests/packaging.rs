@@ -436,7 +436,7 @@ fn installed_unit_command(unit: &str) -> (String, String) {
     };
     let exec_start = value("ExecStart").unwrap_or_else(|| panic!("{unit} has no ExecStart"));
     assert!(
-        exec_start.starts_with(installed_command().to_str().unwrap()),
+        exec_start.starts_with(installed_command().to_str().expect("a UTF-8 path")),
         "{unit} runs {exec_start}, not {}",
         installed_command().display()
     );

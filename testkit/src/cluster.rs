@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::pki::{Pki, Validity};
 use crate::process::{Daemon, Scratch, free_port, wait_until};
 
-/// Where `tests/cluster/install-deps` caches the Kubernetes server binaries.
+/// Where `testkit/install-deps` caches the Kubernetes server binaries.
 pub const DEFAULT_KUBE_BIN_DIR: &str = "/var/cache/nodegate-test/kubernetes-1.20.2";
 
 /// The directory holding `kube-apiserver`, `kubelet` and `kube-controller-manager`.
@@ -22,7 +22,7 @@ pub fn kube_bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_KUBE_BIN_DIR));
     assert!(
         dir.join("kube-apiserver").is_file(),
-        "kube-apiserver not found in {}: run tests/cluster/install-deps (or set KUBE_BIN_DIR)",
+        "kube-apiserver not found in {}: run testkit/install-deps (or set KUBE_BIN_DIR)",
         dir.display()
     );
     dir
@@ -378,7 +378,7 @@ pub fn kubectl_as(kubeconfig: &Path, args: &[&str], stdin: Option<&[u8]>) -> Out
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run kubectl (install it with tests/cluster/install-deps)");
+        .expect("run kubectl (install it with testkit/install-deps)");
     if let Some(input) = stdin {
         child
             .stdin

@@ -3,7 +3,7 @@
 //! a real terminal with resizes, and gc.
 //!
 //! Build the binary first: `cargo build -p node-exec`, then
-//! `cargo test -p nodegate-testkit --test node_exec`.
+//! `cargo test -p nodegate-tests --test node_exec`.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

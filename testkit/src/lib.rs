@@ -9,7 +9,8 @@
 //! - [`output::Checked`]: a finished command's output, with assertions that show it all.
 //! - [`fixtures`]: grants as keyctl writes them.
 //!
-//! Prerequisites are installed by `tests/cluster/install-deps`.
+//! Prerequisites are installed by `testkit/install-deps`. The tests that use this harness are in
+//! `tests/`, one file per part.
 
 pub mod cluster;
 pub mod fixtures;
@@ -56,6 +57,6 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("tests/ has a parent")
+        .expect("testkit/ has a parent")
         .to_owned()
 }

@@ -481,7 +481,7 @@ pub fn build_test_image(work: &Path, tarball: &Path) {
         .into_iter()
         .map(Path::new)
         .find(|p| p.is_file())
-        .expect("static busybox (Debian package busybox-static; run tests/cluster/install-deps)");
+        .expect("static busybox (Debian package busybox-static; run testkit/install-deps)");
     fs::copy(busybox, rootfs.join("bin/busybox")).expect("copy busybox");
     let applets = Command::new(busybox)
         .arg("--list")
