@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use nodegate_core::{AnnotationPrefix, Grant, GrantKey, NodeGrants};
+use nodegate_testkit::output::Checked;
 use nodegate_testkit::process::{Scratch, wait_until};
 use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
 
@@ -69,11 +70,11 @@ impl Workstation {
         private.with_extension("pub")
     }
 
-    fn keyctl(&self, kubeconfig: &Path, args: &[&str]) -> Output {
+    fn keyctl(&self, kubeconfig: &Path, args: &[&str]) -> Checked {
         self.keyctl_with_stdin(kubeconfig, args, None)
     }
 
-    fn keyctl_with_stdin(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    fn keyctl_with_stdin(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&[u8]>) -> Checked {
         let mut child = Command::new(workspace_bin("keyctl"))
             .arg("--kubeconfig")
             .arg(kubeconfig)
@@ -99,28 +100,11 @@ impl Workstation {
                 .write_all(input)
                 .expect("write stdin");
         }
-        child.wait_with_output().expect("wait for keyctl")
+        Checked::of(
+            format!("keyctl {}", args.join(" ")),
+            child.wait_with_output().expect("wait for keyctl"),
+        )
     }
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "keyctl failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        stdout(out),
-        stderr(out)
-    );
-    stdout(out)
 }
 
 fn fingerprint(pub_file: &Path) -> String {
@@ -189,7 +173,7 @@ fn grant_list_revoke_round_trip_with_audit_events() {
             "disk full",
         ],
     );
-    let text = assert_ok(&out);
+    let text = out.ok().to_owned();
     let fp = fingerprint(&key);
     assert!(
         text.contains(&format!("{node}: granted {fp} as root until ")),
@@ -212,7 +196,7 @@ fn grant_list_revoke_round_trip_with_audit_events() {
 
     // A viewer sees it, as JSON for scripts.
     let out = ws.keyctl(&kubeconfig("victor"), &["list", node, "-o", "json"]);
-    let listing: serde_json::Value = serde_json::from_str(&assert_ok(&out)).expect("list JSON");
+    let listing: serde_json::Value = serde_json::from_str(out.ok()).expect("list JSON");
     assert_eq!(listing["grants"].as_array().map(Vec::len), Some(1));
     assert_eq!(listing["grants"][0]["fingerprint"], fp.as_str());
     assert_eq!(listing["grants"][0]["expired"], false);
@@ -220,15 +204,19 @@ fn grant_list_revoke_round_trip_with_audit_events() {
     assert_eq!(listing["invalid"].as_array().map(Vec::len), Some(0));
 
     let out = ws.keyctl(&kubeconfig("victor"), &["list", node, "-o", "yaml"]);
-    assert!(assert_ok(&out).contains(&format!("fingerprint: {fp}")));
-    let table = assert_ok(&ws.keyctl(&alice, &["list", node]));
+    assert!(out.ok().to_owned().contains(&format!("fingerprint: {fp}")));
+    let table = ws.keyctl(&alice, &["list", node]).ok().to_owned();
     assert!(
         table.contains("FINGERPRINT") && table.contains(&fp) && table.contains("in 1h 59m"),
         "{table}"
     );
 
     let out = ws.keyctl(&alice, &["revoke", node, "--fingerprint", &fp]);
-    assert!(assert_ok(&out).contains(&format!("{node}: removed {fp} for root")));
+    assert!(
+        out.ok()
+            .to_owned()
+            .contains(&format!("{node}: removed {fp} for root"))
+    );
     assert!(prefixed(node).is_empty(), "the grant annotation is gone");
 
     let reasons = event_reasons(node);
@@ -248,9 +236,9 @@ fn default_key_user_and_permanent_grants() {
     let out = ws.keyctl(admin, &["grant", node, "--expires", "1h"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("no public key found in"),
+        out.stderr.clone().contains("no public key found in"),
         "{}",
-        stderr(&out)
+        out.stderr.clone()
     );
 
     let older = ws.keygen("home/.ssh/id_rsa_old");
@@ -260,10 +248,11 @@ fn default_key_user_and_permanent_grants() {
     let filetime = std::fs::File::options().write(true).open(&newest).unwrap();
     filetime.set_modified(std::time::SystemTime::now()).unwrap();
 
-    assert_ok(&ws.keyctl(
+    ws.keyctl(
         admin,
         &["grant", node, "--expires", "30m", "--user", "core"],
-    ));
+    )
+    .ok();
     let grants = grants_on(node);
     assert_eq!(grants.valid.len(), 1);
     assert_eq!(grants.valid[0].user.as_str(), "core");
@@ -276,12 +265,17 @@ fn default_key_user_and_permanent_grants() {
     let piped = std::fs::read(ws.keygen("piped")).unwrap();
     let out = ws.keyctl_with_stdin(admin, &["grant", node, "--key", "-"], Some(&piped));
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("--expires"), "{}", stderr(&out));
-    assert_ok(&ws.keyctl_with_stdin(
+    assert!(
+        out.stderr.clone().contains("--expires"),
+        "{}",
+        out.stderr.clone()
+    );
+    ws.keyctl_with_stdin(
         admin,
         &["grant", node, "--key", "-", "--permanent"],
         Some(&piped),
-    ));
+    )
+    .ok();
     let permanent = grants_on(node)
         .valid
         .into_iter()
@@ -290,7 +284,7 @@ fn default_key_user_and_permanent_grants() {
     assert_eq!(permanent.expiry, nodegate_core::Expiry::Permanent);
 
     // Revoking by login user takes all of that user's grants, and only them.
-    assert_ok(&ws.keyctl(admin, &["revoke", node, "--user", "core"]));
+    ws.keyctl(admin, &["revoke", node, "--user", "core"]).ok();
     let left = grants_on(node).valid;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].user.as_str(), "root");
@@ -318,7 +312,7 @@ fn refused_users_are_told_which_role_to_ask_for_and_nothing_changes() {
         ],
     );
     assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    let err = out.stderr.clone();
     assert!(
         err.contains("not allowed to read this node") || err.contains("mallory may not"),
         "{err}"
@@ -338,7 +332,7 @@ fn refused_users_are_told_which_role_to_ask_for_and_nothing_changes() {
         ],
     );
     assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    let err = out.stderr.clone();
     assert!(err.contains("victor may not patch nodes"), "{err}");
     assert!(
         err.contains("--clusterrole=nodegate-keyctl-granter --user=victor"),
@@ -346,14 +340,14 @@ fn refused_users_are_told_which_role_to_ask_for_and_nothing_changes() {
     );
     let out = ws.keyctl(&viewer, &["revoke", node, "--all"]);
     assert!(
-        stderr(&out).contains("victor may not patch nodes"),
+        out.stderr.clone().contains("victor may not patch nodes"),
         "{}",
-        stderr(&out)
+        out.stderr.clone()
     );
 
     let out = ws.keyctl(&nobody, &["list"]);
     assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    let err = out.stderr.clone();
     assert!(
         err.contains("mallory may not list nodes") && err.contains("nodegate-keyctl-viewer"),
         "{err}"
@@ -370,7 +364,7 @@ fn a_granter_limited_to_named_nodes_is_refused_elsewhere_before_anything_changes
     let ws = Workstation::new("kc-limited");
     let carol = kubeconfig("carol");
     let first = ws.keygen("first");
-    assert_ok(&ws.keyctl(
+    ws.keyctl(
         &carol,
         &[
             "grant",
@@ -380,7 +374,8 @@ fn a_granter_limited_to_named_nodes_is_refused_elsewhere_before_anything_changes
             "--key",
             first.to_str().unwrap(),
         ],
-    ));
+    )
+    .ok();
 
     let second = ws.keygen("second");
     let out = ws.keyctl(
@@ -396,7 +391,7 @@ fn a_granter_limited_to_named_nodes_is_refused_elsewhere_before_anything_changes
         ],
     );
     assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    let err = out.stderr.clone();
     assert!(
         err.contains("carol may not patch nodes gpu-node-3"),
         "{err}"
@@ -438,7 +433,11 @@ fn fifty_concurrent_grants_of_different_keys_to_one_node_all_survive() {
         })
         .collect();
     for child in children {
-        assert_ok(&child.wait_with_output().expect("wait keyctl"));
+        Checked::of(
+            "keyctl grant",
+            child.wait_with_output().expect("wait keyctl"),
+        )
+        .ok();
     }
     let grants = grants_on(node);
     assert_eq!(grants.valid.len(), 50, "every concurrent grant survived");
@@ -475,10 +474,13 @@ fn a_selector_grant_and_revoke_across_hundreds_of_nodes() {
             key.to_str().unwrap(),
         ],
     );
-    let text = assert_ok(&out);
+    let text = out.ok().to_owned();
     assert!(text.contains("and likewise on the other nodes"), "{text}");
 
-    let listing = assert_ok(&ws.keyctl(&alice, &["list", "-l", "pool=kc-fleet", "-o", "json"]));
+    let listing = ws
+        .keyctl(&alice, &["list", "-l", "pool=kc-fleet", "-o", "json"])
+        .ok()
+        .to_owned();
     let listing: serde_json::Value = serde_json::from_str(&listing).unwrap();
     let nodes: std::collections::BTreeSet<&str> = listing["grants"]
         .as_array()
@@ -492,7 +494,7 @@ fn a_selector_grant_and_revoke_across_hundreds_of_nodes() {
         "unselected nodes are untouched"
     );
 
-    assert_ok(&ws.keyctl(
+    ws.keyctl(
         &alice,
         &[
             "revoke",
@@ -501,7 +503,8 @@ fn a_selector_grant_and_revoke_across_hundreds_of_nodes() {
             "--key",
             key.to_str().unwrap(),
         ],
-    ));
+    )
+    .ok();
     for name in [&names[0], &names[150], &names[299]] {
         assert!(prefixed(name).is_empty(), "{name} still has a grant");
     }
@@ -518,9 +521,11 @@ fn a_selector_grant_and_revoke_across_hundreds_of_nodes() {
         ],
     );
     assert!(
-        stderr(&out).contains("no node matches the selector \"pool=nothing-here\""),
+        out.stderr
+            .clone()
+            .contains("no node matches the selector \"pool=nothing-here\""),
         "{}",
-        stderr(&out)
+        out.stderr.clone()
     );
 }
 
@@ -532,7 +537,7 @@ fn hostile_annotation_values_are_reported_by_list_and_never_trusted() {
     let ws = Workstation::new("kc-hostile");
     let key = ws.keygen("good");
     let admin = cluster.admin_kubeconfig();
-    assert_ok(&ws.keyctl(
+    ws.keyctl(
         admin,
         &[
             "grant",
@@ -542,7 +547,8 @@ fn hostile_annotation_values_are_reported_by_list_and_never_trusted() {
             "--key",
             key.to_str().unwrap(),
         ],
-    ));
+    )
+    .ok();
     let good = grants_on(node).valid.remove(0);
     let good_name = good.annotation_name();
     let good_value = good.annotation_value();
@@ -602,7 +608,7 @@ fn hostile_annotation_values_are_reported_by_list_and_never_trusted() {
 
     let out = ws.keyctl(admin, &["list", node, "-o", "json"]);
     let listing: serde_json::Value =
-        serde_json::from_str(&assert_ok(&out)).expect("JSON despite hostile input");
+        serde_json::from_str(out.ok()).expect("JSON despite hostile input");
     let grants = listing["grants"].as_array().unwrap();
     assert_eq!(
         grants.len(),
@@ -613,7 +619,7 @@ fn hostile_annotation_values_are_reported_by_list_and_never_trusted() {
     assert_eq!(listing["invalid"].as_array().unwrap().len(), planted);
 
     let out = ws.keyctl(admin, &["list", node]);
-    let (table, warnings) = (assert_ok(&out), stderr(&out));
+    let (table, warnings) = (out.ok().to_owned(), out.stderr.clone());
     assert_eq!(
         warnings.matches("is not a valid grant").count(),
         planted,
@@ -627,7 +633,7 @@ fn hostile_annotation_values_are_reported_by_list_and_never_trusted() {
     }
 
     let out = ws.keyctl(admin, &["prune", node, "--invalid"]);
-    assert_ok(&out);
+    out.ok();
     let left = prefixed(node);
     assert_eq!(
         left.keys().collect::<Vec<_>>(),
@@ -644,7 +650,7 @@ fn prune_removes_expired_grants_only_and_says_so() {
     let admin = cluster.admin_kubeconfig();
     let short = ws.keygen("short");
     let long = ws.keygen("long");
-    assert_ok(&ws.keyctl(
+    ws.keyctl(
         admin,
         &[
             "grant",
@@ -654,8 +660,9 @@ fn prune_removes_expired_grants_only_and_says_so() {
             "--key",
             short.to_str().unwrap(),
         ],
-    ));
-    assert_ok(&ws.keyctl(
+    )
+    .ok();
+    ws.keyctl(
         admin,
         &[
             "grant",
@@ -665,20 +672,31 @@ fn prune_removes_expired_grants_only_and_says_so() {
             "--key",
             long.to_str().unwrap(),
         ],
-    ));
+    )
+    .ok();
     std::thread::sleep(Duration::from_secs(3));
 
     let table = ws.keyctl(admin, &["list", node]);
-    assert!(assert_ok(&table).contains("expired"), "{}", stdout(&table));
+    assert!(
+        table.ok().to_owned().contains("expired"),
+        "{}",
+        table.stdout.clone()
+    );
     let dry = ws.keyctl(admin, &["prune", node, "--dry-run"]);
-    assert!(assert_ok(&dry).contains("would remove"), "{}", stdout(&dry));
+    assert!(
+        dry.ok().to_owned().contains("would remove"),
+        "{}",
+        dry.stdout.clone()
+    );
     assert_eq!(grants_on(node).valid.len(), 2, "a dry run changes nothing");
 
     let out = ws.keyctl(admin, &["prune", node]);
     assert!(
-        assert_ok(&out).contains(&format!("removed {}", fingerprint(&short))),
+        out.ok()
+            .to_owned()
+            .contains(&format!("removed {}", fingerprint(&short))),
         "{}",
-        stdout(&out)
+        out.stdout.clone()
     );
     let left = grants_on(node).valid;
     assert_eq!(left.len(), 1);
@@ -686,7 +704,7 @@ fn prune_removes_expired_grants_only_and_says_so() {
     assert!(event_reasons(node).iter().any(|r| r == "SSHKeyExpired"));
 
     let out = ws.keyctl(admin, &["prune", node]);
-    assert!(assert_ok(&out).contains("Nothing to prune"));
+    assert!(out.ok().to_owned().contains("Nothing to prune"));
 }
 
 #[test]
@@ -708,7 +726,7 @@ fn dry_runs_check_with_the_server_and_change_nothing() {
             "--dry-run",
         ],
     );
-    assert!(assert_ok(&out).contains("would grant"));
+    assert!(out.ok().to_owned().contains("would grant"));
     assert!(prefixed(node).is_empty());
     assert!(!event_reasons(node).iter().any(|r| r == "SSHKeyGranted"));
 }
@@ -744,7 +762,7 @@ fn a_full_node_is_a_clear_error() {
         ],
     );
     assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    let err = out.stderr.clone();
     assert!(
         err.contains("over Kubernetes' limit of 262144") && err.contains("keyctl prune kc-full"),
         "{err}"
@@ -810,9 +828,9 @@ fn bad_input_is_explained_before_anything_is_sent() {
         let out = ws.keyctl(admin, args);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(
-            stderr(&out).contains(expected),
+            out.stderr.clone().contains(expected),
             "{args:?}: {}",
-            stderr(&out)
+            out.stderr.clone()
         );
     }
     let private = ws.scratch.join("k");
@@ -828,9 +846,9 @@ fn bad_input_is_explained_before_anything_is_sent() {
         ],
     );
     assert!(
-        stderr(&out).contains("is a private key"),
+        out.stderr.clone().contains("is a private key"),
         "{}",
-        stderr(&out)
+        out.stderr.clone()
     );
 }
 
@@ -853,8 +871,8 @@ fn named_nodes_that_do_not_exist_fail_alone() {
         ],
     );
     assert_eq!(out.status.code(), Some(1), "partial failure is a failure");
-    assert!(stdout(&out).contains("kc-exists: granted"));
-    let err = stderr(&out);
+    assert!(out.stdout.clone().contains("kc-exists: granted"));
+    let err = out.stderr.clone();
     assert!(
         err.contains("node kc-does-not-exist: no such node") && err.contains("1 of 2 nodes failed"),
         "{err}"
@@ -873,7 +891,7 @@ fn the_janitor_removes_grants_as_they_expire() {
     let admin = cluster.admin_kubeconfig();
     let key = ws.keygen("j");
     let keep = ws.keygen("keep");
-    assert_ok(&ws.keyctl(
+    ws.keyctl(
         admin,
         &[
             "grant",
@@ -883,7 +901,8 @@ fn the_janitor_removes_grants_as_they_expire() {
             "--key",
             keep.to_str().unwrap(),
         ],
-    ));
+    )
+    .ok();
 
     let mut janitor = ws.scratch.spawn(
         "janitor",
@@ -893,7 +912,7 @@ fn the_janitor_removes_grants_as_they_expire() {
             .args(["janitor", "--interval", "1s"])
             .args(["-l", "nodegate-test/janitor=yes"]),
     );
-    assert_ok(&ws.keyctl(
+    ws.keyctl(
         admin,
         &[
             "grant",
@@ -903,7 +922,8 @@ fn the_janitor_removes_grants_as_they_expire() {
             "--key",
             key.to_str().unwrap(),
         ],
-    ));
+    )
+    .ok();
     assert_eq!(grants_on(node).valid.len(), 2);
     let removed = wait_until(Duration::from_secs(20), || grants_on(node).valid.len() == 1);
     assert!(removed, "janitor log:\n{}", janitor.log_tail(30));
@@ -962,7 +982,7 @@ fn grants_holding_html_special_and_separator_characters_can_be_revoked_and_prune
         "commented.pub",
         format!("{} <R&D laptop>\n", line.rsplit_once(' ').unwrap().0),
     );
-    assert_ok(&ws.keyctl(
+    ws.keyctl(
         &granter,
         &[
             "grant",
@@ -974,7 +994,8 @@ fn grants_holding_html_special_and_separator_characters_can_be_revoked_and_prune
             "--reason",
             "R&D disk <full> & more",
         ],
-    ));
+    )
+    .ok();
     let stored = prefixed(node);
     let value = stored.values().next().expect("the grant");
     assert!(
@@ -984,7 +1005,11 @@ fn grants_holding_html_special_and_separator_characters_can_be_revoked_and_prune
 
     let fp = fingerprint(&key);
     let out = ws.keyctl(&granter, &["revoke", node, "--fingerprint", &fp]);
-    assert!(assert_ok(&out).contains(&format!("{node}: removed {fp} for root")));
+    assert!(
+        out.ok()
+            .to_owned()
+            .contains(&format!("{node}: removed {fp} for root"))
+    );
     assert!(
         prefixed(node).is_empty(),
         "the grant is gone: {:?}",
@@ -1013,7 +1038,7 @@ fn grants_holding_html_special_and_separator_characters_can_be_revoked_and_prune
         Some("login=\"root\" R&D\u{2028}<x>\u{2029}"),
     );
     let out = ws.keyctl(cluster.admin_kubeconfig(), &["prune", node, "--invalid"]);
-    let text = assert_ok(&out);
+    let text = out.ok().to_owned();
     assert!(
         text.contains(&format!("removed {}", fingerprint(&other))),
         "{text}"
@@ -1043,7 +1068,7 @@ fn odd_expiries_are_refused_with_one_clear_message() {
     ] {
         let out = ws.keyctl(admin, &["grant", node, "--expires", far, "--key", key]);
         assert_eq!(out.status.code(), Some(1), "--expires {far} was accepted");
-        let err = stderr(&out);
+        let err = out.stderr.clone();
         assert!(
             err.contains("--expires may be at most 365d; for a grant without end use --permanent"),
             "--expires {far}: {err}"
@@ -1051,7 +1076,8 @@ fn odd_expiries_are_refused_with_one_clear_message() {
         assert_eq!(err.lines().count(), 1, "one message: {err}");
     }
     assert!(prefixed(node).is_empty(), "nothing was written");
-    assert_ok(&ws.keyctl(admin, &["grant", node, "--expires", "365d", "--key", key]));
+    ws.keyctl(admin, &["grant", node, "--expires", "365d", "--key", key])
+        .ok();
     assert_eq!(grants_on(node).valid.len(), 1);
 
     // A leap second in an annotation's time: not a valid grant, reported as such.
@@ -1065,7 +1091,10 @@ fn odd_expiries_are_refused_with_one_clear_message() {
         let value = raw_grant_value(other_line.trim(), expiry, "x", "leap")
             .replace("20260101000000Z", granted_at);
         cluster.set_node_annotation(node, &leap_key, Some(&value));
-        let listing = assert_ok(&ws.keyctl(admin, &["list", node, "-o", "json"]));
+        let listing = ws
+            .keyctl(admin, &["list", node, "-o", "json"])
+            .ok()
+            .to_owned();
         let listing: serde_json::Value = serde_json::from_str(&listing).unwrap();
         assert_eq!(
             listing["grants"].as_array().map(Vec::len),
@@ -1118,7 +1147,7 @@ fn invisible_text_is_refused_at_the_flag_and_never_printed_raw() {
             Some(1),
             "--reason with {code} was accepted"
         );
-        let err = stderr(&out);
+        let err = out.stderr.clone();
         assert!(err.contains("--reason") && err.contains(code), "{err}");
         assert!(!err.contains(c), "the character itself is printed: {err:?}");
     }
@@ -1151,7 +1180,7 @@ fn invisible_text_is_refused_at_the_flag_and_never_printed_raw() {
         )),
     );
     let out = ws.keyctl(admin, &["list", node, "-o", "json"]);
-    let listing: serde_json::Value = serde_json::from_str(&assert_ok(&out)).unwrap();
+    let listing: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
     assert_eq!(
         listing["grants"].as_array().map(Vec::len),
         Some(1),
@@ -1165,7 +1194,7 @@ fn invisible_text_is_refused_at_the_flag_and_never_printed_raw() {
     let table = ws.keyctl(admin, &["list", node]);
     let revoke = ws.keyctl(admin, &["revoke", node, "--all", "--dry-run"]);
     for out in [&out, &table, &revoke] {
-        for text in [stdout(out), stderr(out)] {
+        for text in [out.stdout.clone(), out.stderr.clone()] {
             for (c, code) in invisible {
                 assert!(!text.contains(c), "{code} printed raw: {text:?}");
             }
@@ -1201,7 +1230,7 @@ fn certificates_and_unreadable_files_are_explained_once() {
         ],
     );
     assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
+    let err = out.stderr.clone();
     assert!(
         err.contains("is an OpenSSH certificate (ssh-ed25519-cert-v01@openssh.com)")
             && err.contains("give the plain public key"),
@@ -1256,7 +1285,7 @@ fn certificates_and_unreadable_files_are_explained_once() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = ws.keyctl(&kubeconfig, &args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
-        let err = stderr(&out);
+        let err = out.stderr.clone();
         assert_eq!(
             err.matches(cause).count(),
             1,
@@ -1420,7 +1449,7 @@ fn one_refused_removal_never_blocks_the_others() {
 
     let out = ws.keyctl(cluster.admin_kubeconfig(), &["prune", node, "--invalid"]);
     assert_eq!(out.status.code(), Some(1), "a refused removal is a failure");
-    let (text, err) = (stdout(&out), stderr(&out));
+    let (text, err) = (out.stdout.clone(), out.stderr.clone());
     for fp in &removable {
         assert!(
             text.contains(&format!("{node}: removed {fp} for root")),
@@ -1531,7 +1560,7 @@ fn concurrent_revokes_on_one_node_all_succeed() {
         .map(|k| std::fs::read_to_string(k).expect("read .pub"))
         .collect();
     let all = ws.scratch.write("all.pub", all);
-    assert_ok(&ws.keyctl(
+    ws.keyctl(
         admin,
         &[
             "grant",
@@ -1541,7 +1570,8 @@ fn concurrent_revokes_on_one_node_all_succeed() {
             "--key",
             all.to_str().unwrap(),
         ],
-    ));
+    )
+    .ok();
     assert_eq!(grants_on(node).valid.len(), keys.len());
 
     let children: Vec<_> = keys
@@ -1560,8 +1590,11 @@ fn concurrent_revokes_on_one_node_all_succeed() {
         })
         .collect();
     for (child, key) in children.into_iter().zip(&keys) {
-        let out = child.wait_with_output().expect("wait keyctl");
-        let text = assert_ok(&out);
+        let out = Checked::of(
+            "keyctl revoke",
+            child.wait_with_output().expect("wait keyctl"),
+        );
+        let text = out.ok().to_owned();
         assert!(
             text.contains(&format!("removed {}", fingerprint(key))),
             "{text}"

@@ -10,11 +10,12 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use chrono::Utc;
 use nodegate_core::{AnnotationPrefix, Expiry, Grant, GrantKey, GrantText, LoginUser};
+use nodegate_testkit::output::Checked;
 use nodegate_testkit::process::{Scratch, free_port, wait_until};
 use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
 
@@ -54,20 +55,20 @@ impl SshdConfig {
     }
 
     /// Runs `nodegate-sshd.sh ACTION` from the source tree against this configuration.
-    fn run_library(&self, action: &str) -> Output {
+    fn run_library(&self, action: &str) -> Checked {
         let library = workspace_root().join("packaging/node/nodegate-sshd.sh");
-        Command::new("sh")
-            .arg(&library)
-            .arg(action)
-            .env("NODEGATE_SSHD_CONFIG", self.main())
-            .env("NODEGATE_DROPIN_DIR", self.scratch.join("sshd_config.d"))
-            .env(
-                "NODEGATE_SHARE_DIR",
-                workspace_root().join("packaging/node"),
-            )
-            .env("NODEGATE_SSHD_RELOAD", "no")
-            .output()
-            .expect("run sh")
+        Checked::run(
+            Command::new("sh")
+                .arg(&library)
+                .arg(action)
+                .env("NODEGATE_SSHD_CONFIG", self.main())
+                .env("NODEGATE_DROPIN_DIR", self.scratch.join("sshd_config.d"))
+                .env(
+                    "NODEGATE_SHARE_DIR",
+                    workspace_root().join("packaging/node"),
+                )
+                .env("NODEGATE_SSHD_RELOAD", "no"),
+        )
     }
 
     /// What sshd itself considers the AuthorizedKeysCommand (`none` when unset).
@@ -111,10 +112,6 @@ impl SshdConfig {
     }
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn enable_installs_a_validated_dropin_and_disable_restores_the_previous_state() {
     let config = SshdConfig::new("");
@@ -122,7 +119,11 @@ fn enable_installs_a_validated_dropin_and_disable_restores_the_previous_state() 
     assert_eq!(config.effective_command(), "none");
 
     let out = config.run_library("enable");
-    assert!(out.status.success(), "enable failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "enable failed: {}",
+        out.stderr.clone()
+    );
     let dropin = fs::read_to_string(config.ours()).expect("drop-in installed");
     assert!(
         dropin.starts_with(MARKER),
@@ -131,15 +132,23 @@ fn enable_installs_a_validated_dropin_and_disable_restores_the_previous_state() 
     assert_eq!(config.effective_command(), OUR_COMMAND);
     assert_eq!(fs::metadata(config.ours()).unwrap().mode() & 0o777, 0o644);
     let status = config.run_library("status");
-    assert!(status.status.success(), "status: {}", stderr(&status));
+    assert!(status.status.success(), "status: {}", status.stderr.clone());
 
     // Enabling again (a package upgrade) changes nothing.
     let again = config.run_library("enable");
     assert!(again.status.success());
-    assert!(stderr(&again).contains("up to date"), "{}", stderr(&again));
+    assert!(
+        again.stderr.clone().contains("up to date"),
+        "{}",
+        again.stderr.clone()
+    );
 
     let out = config.run_library("disable");
-    assert!(out.status.success(), "disable failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "disable failed: {}",
+        out.stderr.clone()
+    );
     assert_eq!(
         config.snapshot(),
         before,
@@ -159,9 +168,9 @@ fn another_authorized_keys_command_in_sshd_config_is_left_alone() {
     assert!(
         out.status.success(),
         "a conflict must not fail the install: {}",
-        stderr(&out)
+        out.stderr.clone()
     );
-    let message = stderr(&out);
+    let message = out.stderr.clone();
     assert!(
         message.contains("already has an AuthorizedKeysCommand")
             && message.contains("/usr/bin/other-keys")
@@ -172,7 +181,7 @@ fn another_authorized_keys_command_in_sshd_config_is_left_alone() {
     assert_eq!(config.effective_command(), "/usr/bin/other-keys %u");
     let status = config.run_library("status");
     assert!(!status.status.success());
-    assert!(String::from_utf8_lossy(&status.stdout).contains("another AuthorizedKeysCommand"));
+    assert!(status.stdout.contains("another AuthorizedKeysCommand"));
 }
 
 #[test]
@@ -193,19 +202,19 @@ fn another_authorized_keys_command_in_a_dropin_or_match_block_is_left_alone() {
         fs::write(config.dropin(name), text).unwrap();
         let before = config.snapshot();
         let out = config.run_library("enable");
-        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(out.status.success(), "{}", out.stderr.clone());
         assert!(
-            stderr(&out).contains(name),
+            out.stderr.clone().contains(name),
             "the message must name {name}:\n{}",
-            stderr(&out)
+            out.stderr.clone()
         );
         assert_eq!(config.snapshot(), before, "{name}: nothing may change");
     }
     // `AuthorizedKeysCommand none` is no conflict.
     let config = SshdConfig::new("AuthorizedKeysCommand none\n");
     let out = config.run_library("enable");
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(config.ours().exists(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", out.stderr.clone());
+    assert!(config.ours().exists(), "{}", out.stderr.clone());
 }
 
 #[test]
@@ -216,9 +225,9 @@ fn an_administrators_file_of_the_same_name_is_never_replaced_or_removed() {
     let out = config.run_library("enable");
     assert!(out.status.success());
     assert!(
-        stderr(&out).contains("was not written by nodegate"),
+        out.stderr.clone().contains("was not written by nodegate"),
         "{}",
-        stderr(&out)
+        out.stderr.clone()
     );
     assert_eq!(config.snapshot(), before);
     let out = config.run_library("disable");
@@ -233,9 +242,9 @@ fn a_configuration_that_sshd_already_refuses_is_not_touched() {
     let out = config.run_library("enable");
     assert!(out.status.success());
     assert!(
-        stderr(&out).contains("does not pass 'sshd -t'"),
+        out.stderr.clone().contains("does not pass 'sshd -t'"),
         "{}",
-        stderr(&out)
+        out.stderr.clone()
     );
     assert_eq!(config.snapshot(), before);
 }
@@ -248,9 +257,9 @@ fn a_dropin_dir_sshd_does_not_include_is_reported() {
     let out = config.run_library("enable");
     assert!(out.status.success());
     assert!(
-        stderr(&out).contains("does not read") && stderr(&out).contains("Include"),
+        out.stderr.clone().contains("does not read") && out.stderr.clone().contains("Include"),
         "{}",
-        stderr(&out)
+        out.stderr.clone()
     );
 }
 
@@ -266,12 +275,8 @@ fn group_gid(name: &str) -> u32 {
         .unwrap_or_else(|| panic!("no group {name} in /etc/group"))
 }
 
-fn export_kubeconfig(command: &Path, args: &[&OsStr]) -> Output {
-    Command::new(command)
-        .arg("export-kubeconfig")
-        .args(args)
-        .output()
-        .expect("run authorized-keys-cmd export-kubeconfig")
+fn export_kubeconfig(command: &Path, args: &[&OsStr]) -> Checked {
+    Checked::run(Command::new(command).arg("export-kubeconfig").args(args))
 }
 
 #[test]
@@ -296,8 +301,16 @@ fn export_kubeconfig_embeds_the_kubelet_credentials() {
         OsStr::new(group),
     ];
     let out = export_kubeconfig(&command, &args);
-    assert!(out.status.success(), "export failed: {}", stderr(&out));
-    assert!(stderr(&out).contains("wrote"), "{}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "export failed: {}",
+        out.stderr.clone()
+    );
+    assert!(
+        out.stderr.clone().contains("wrote"),
+        "{}",
+        out.stderr.clone()
+    );
     let text = fs::read_to_string(&exported).expect("exported kubeconfig");
     for field in ["certificate-authority", "client-certificate", "client-key"] {
         assert!(
@@ -316,34 +329,41 @@ fn export_kubeconfig_embeds_the_kubelet_credentials() {
     assert_eq!(meta.gid(), group_gid(group), "group {group} may read it");
     // The copy alone (the original files are not needed) reads the node as that node, with
     // kubectl and with the login path's own TLS client.
-    let get = nodegate_testkit::cluster::kubectl_as(
-        &exported,
-        &["get", "node", node, "-o", "name"],
-        None,
+    let get = Checked::of(
+        "kubectl get node",
+        nodegate_testkit::cluster::kubectl_as(
+            &exported,
+            &["get", "node", node, "-o", "name"],
+            None,
+        ),
     );
-    assert!(get.status.success(), "{}", stderr(&get));
+    assert!(get.status.success(), "{}", get.stderr.clone());
     let config = scratch.write("authorized-keys-cmd.toml", "");
-    let refresh = Command::new(&command)
-        .arg("--config")
-        .arg(&config)
-        .arg("--kubeconfig")
-        .arg(&exported)
-        .arg("--cache")
-        .arg(scratch.join("cache.sqlite"))
-        .arg("refresh")
-        .output()
-        .unwrap();
+    let refresh = Checked::run(
+        Command::new(&command)
+            .arg("--config")
+            .arg(&config)
+            .arg("--kubeconfig")
+            .arg(&exported)
+            .arg("--cache")
+            .arg(scratch.join("cache.sqlite"))
+            .arg("refresh"),
+    );
     assert!(
         refresh.status.success(),
         "refresh with the exported kubeconfig: {}",
-        stderr(&refresh)
+        refresh.stderr.clone()
     );
 
     // The same credentials again (the path unit fires on every change in the kubelet's pki
     // directory): the file, and so its inode, which the cache keys on, stays.
     let again = export_kubeconfig(&command, &args);
-    assert!(again.status.success(), "{}", stderr(&again));
-    assert!(stderr(&again).contains("up to date"), "{}", stderr(&again));
+    assert!(again.status.success(), "{}", again.stderr.clone());
+    assert!(
+        again.stderr.clone().contains("up to date"),
+        "{}",
+        again.stderr.clone()
+    );
     assert_eq!(fs::metadata(&exported).unwrap().ino(), meta.ino());
 
     // A symbolic link at the destination is neither followed nor replaced.
@@ -361,11 +381,11 @@ fn export_kubeconfig_embeds_the_kubelet_credentials() {
             OsStr::new(group),
         ],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr.clone());
     assert!(
-        stderr(&out).contains("is a symbolic link"),
+        out.stderr.clone().contains("is a symbolic link"),
         "{}",
-        stderr(&out)
+        out.stderr.clone()
     );
     assert_eq!(fs::read_to_string(&target).unwrap(), "not to be touched");
     assert!(fs::symlink_metadata(&linked).unwrap().is_symlink());
@@ -384,9 +404,18 @@ fn export_kubeconfig_embeds_the_kubelet_credentials() {
             OsStr::new(group),
         ],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
-    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr.clone());
+    assert!(
+        out.stderr.clone().contains("cannot read"),
+        "{}",
+        out.stderr.clone()
+    );
+    assert_eq!(
+        out.stderr.clone().lines().count(),
+        1,
+        "{}",
+        out.stderr.clone()
+    );
     assert!(!never.exists());
     // An option of the login path: a usage error (exit 2), nothing written.
     let out = export_kubeconfig(
@@ -398,8 +427,12 @@ fn export_kubeconfig_embeds_the_kubelet_credentials() {
             never.as_os_str(),
         ],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("--from"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr.clone());
+    assert!(
+        out.stderr.clone().contains("--from"),
+        "{}",
+        out.stderr.clone()
+    );
     assert!(!never.exists());
 }
 
@@ -448,45 +481,45 @@ fn installed_unit_command(unit: &str) -> (String, String) {
     (exec_start, capabilities)
 }
 
-fn ssh_login(scratch: &Scratch, port: u16, key: &Path) -> Output {
-    Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-        ])
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"])
-        .arg("-o")
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            scratch.join("known_hosts").display()
-        ))
-        .arg("-i")
-        .arg(key)
-        .args([
-            "-p",
-            &port.to_string(),
-            "root@127.0.0.1",
-            "echo nodegate-login-ok",
-        ])
-        .output()
-        .expect("run ssh")
+fn ssh_login(scratch: &Scratch, port: u16, key: &Path) -> Checked {
+    Checked::run(
+        Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+            ])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                scratch.join("known_hosts").display()
+            ))
+            .arg("-i")
+            .arg(key)
+            .args([
+                "-p",
+                &port.to_string(),
+                "root@127.0.0.1",
+                "echo nodegate-login-ok",
+            ]),
+    )
 }
 
-fn logged_in(out: &Output) -> bool {
-    out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "nodegate-login-ok"
+fn logged_in(out: &Checked) -> bool {
+    out.success() && out.stdout.trim() == "nodegate-login-ok"
 }
 
-fn as_nodegate(args: &[&str]) -> Output {
-    Command::new("runuser")
-        .args(["-u", "nodegate", "--"])
-        .arg(installed_command())
-        .args(args)
-        .output()
-        .expect("run runuser")
+fn as_nodegate(args: &[&str]) -> Checked {
+    Checked::run(
+        Command::new("runuser")
+            .args(["-u", "nodegate", "--"])
+            .arg(installed_command())
+            .args(args),
+    )
 }
 
 #[test]
@@ -525,11 +558,11 @@ fn ssh_login_through_the_installed_package() {
         .args(exec_start.split_whitespace())
         .arg("--from")
         .arg(&kubelet);
-    let out = export.output().expect("run setpriv");
+    let out = Checked::run(&mut export);
     assert!(
         out.status.success(),
         "export ({export:?}) failed: {}",
-        stderr(&out)
+        out.stderr.clone()
     );
     let exported = fs::metadata("/var/lib/nodegate/node.kubeconfig").expect("exported kubeconfig");
     let state_dir = fs::metadata("/var/lib/nodegate").unwrap();
@@ -548,7 +581,7 @@ fn ssh_login_through_the_installed_package() {
     assert!(
         refresh.status.success(),
         "authorized-keys-cmd refresh as nodegate failed: {}",
-        stderr(&refresh)
+        refresh.stderr.clone()
     );
 
     // sshd with the machine's own configuration (and so the drop-in), on a loopback port.
@@ -617,7 +650,7 @@ fn ssh_login_through_the_installed_package() {
             logged_in(&last)
         }),
         "no login with a grant: {}\nsshd log:\n{}",
-        stderr(&last),
+        last.stderr.clone(),
         sshd.log_tail(30)
     );
     let cache = fs::metadata("/var/lib/nodegate/grants-cache.sqlite").expect("cache written");
@@ -635,7 +668,7 @@ fn ssh_login_through_the_installed_package() {
     assert!(
         logged_in(&during_outage),
         "no login from the cache during an outage: {}\nsshd log:\n{}",
-        stderr(&during_outage),
+        during_outage.stderr.clone(),
         sshd.log_tail(30)
     );
 
