@@ -1,5 +1,5 @@
 //! A real control plane: etcd and kube-apiserver with RBAC, the Node authorizer and
-//! NodeRestriction, as `../shared/test-cluster-notes.md` describes.
+//! NodeRestriction, as `testkit/README.md` describes.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

@@ -1,6 +1,6 @@
 //! A real kubelet with containerd joined to the test cluster (owned by the node-exec work).
 //!
-//! Facts this relies on are in `../shared/test-cluster-notes.md`. The node:
+//! Facts this relies on are in `testkit/README.md`. The node:
 //!
 //! - runs containerd (own config, root, state and socket under a [`Scratch`]) and kubelet 1.20
 //!   from [`kube_bin_dir`], registered as node [`NODE_NAME`] (`localhost`, because the API server
