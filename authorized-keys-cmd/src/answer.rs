@@ -305,51 +305,16 @@ pub fn lookup(
         (_, Some(Err(e))) => ApiFailure::Credentials(e),
         (_, Some(Ok(creds))) => {
             warn_if_certificate_invalid(&creds, now.wall, log);
-            let sent = Moment::now();
-            let sent_at = Instant::now();
-            let remaining = settings.deadline.saturating_sub(started.elapsed());
-            match api::fetch_node_annotations(&creds, &node, prefix, remaining) {
-                Ok(found) => {
-                    report_not_strings(&found, log);
-                    store(
-                        &mut cache,
-                        &node,
-                        settings,
-                        found.annotations.clone(),
-                        &sent,
-                        credentials_now.as_deref(),
-                        log,
-                    );
-                    return Ok(answer(&found.annotations, Source::Api, log));
-                }
-                Err(ApiError::NotFound { .. }) => {
-                    log.warn(format_args!(
-                        "Node {node} does not exist (the API answered 404): no grants; the cache now says so too"
-                    ));
-                    store(
-                        &mut cache,
-                        &node,
-                        settings,
-                        BTreeMap::new(),
-                        &sent,
-                        credentials_now.as_deref(),
-                        log,
-                    );
-                    return Ok(answer(&BTreeMap::new(), Source::NodeGone, log));
-                }
-                Err(e) => {
-                    if policy::remember_failure(e.is_outage(), sent_at.elapsed(), remaining)
-                        && let Some(cache) = cache.as_mut()
-                    {
-                        let failure = RecordedFailure {
-                            stamp: Stamp::from(&sent),
-                            credentials: credentials_now.clone().unwrap_or_default(),
-                            reason: e.to_string(),
-                        };
-                        log_cache_result(cache, log, |c| c.record_failure(&node, prefix, &failure));
-                    }
-                    ApiFailure::Api(e)
-                }
+            let asked = AskApi {
+                settings,
+                credentials: &creds,
+                credentials_now: credentials_now.as_deref(),
+                node: &node,
+                started,
+            };
+            match asked.ask(&mut cache, log) {
+                Ok((annotations, source)) => return Ok(answer(&annotations, source, log)),
+                Err(e) => e,
             }
         }
         (_, None) => unreachable!("credentials are loaded unless the API is skipped"),
@@ -368,25 +333,101 @@ pub fn lookup(
             let row = row.expect("a stale answer comes from a row");
             Ok(answer(&row.annotations, Source::StaleCache { age }, log))
         }
-        WithoutApi::FailClosed(refusal) => Err(match refusal {
-            Refusal::NoCachedAnswer(why) => LookupError::NoSource {
-                api: api_failure,
-                cache: if matches!(offer, CacheOffer::NoRow) {
-                    format!("none for Node {node}")
-                } else {
-                    why
-                },
+        WithoutApi::FailClosed(refusal) => {
+            Err(refused(refusal, api_failure, &offer, &node, settings))
+        }
+    }
+}
+
+/// One request to the API for the node's grants, and what is stored or recorded after it.
+struct AskApi<'a> {
+    settings: &'a Settings,
+    credentials: &'a NodeCredentials,
+    credentials_now: Option<&'a str>,
+    node: &'a NodeName,
+    started: Instant,
+}
+
+impl AskApi<'_> {
+    /// Asks within what is left of the deadline. An answer (the annotations, or that the Node
+    /// does not exist) is stored in the cache; a failure that cost time is recorded there.
+    fn ask(
+        &self,
+        cache: &mut Option<Cache>,
+        log: &mut Logger,
+    ) -> Result<(BTreeMap<String, String>, Source), ApiFailure> {
+        let (settings, node) = (self.settings, self.node);
+        let sent = Moment::now();
+        let sent_at = Instant::now();
+        let remaining = settings.deadline.saturating_sub(self.started.elapsed());
+        let (annotations, source) = match api::fetch_node_annotations(
+            self.credentials,
+            node,
+            &settings.prefix,
+            remaining,
+        ) {
+            Ok(found) => {
+                report_not_strings(&found, log);
+                (found.annotations, Source::Api)
+            }
+            Err(ApiError::NotFound { .. }) => {
+                log.warn(format_args!(
+                        "Node {node} does not exist (the API answered 404): no grants; the cache now says so too"
+                    ));
+                (BTreeMap::new(), Source::NodeGone)
+            }
+            Err(e) => {
+                if policy::remember_failure(e.is_outage(), sent_at.elapsed(), remaining)
+                    && let Some(cache) = cache.as_mut()
+                {
+                    let failure = RecordedFailure {
+                        stamp: Stamp::from(&sent),
+                        credentials: self.credentials_now.unwrap_or_default().to_owned(),
+                        reason: e.to_string(),
+                    };
+                    log_cache_result(cache, log, |c| {
+                        c.record_failure(node, &settings.prefix, &failure)
+                    });
+                }
+                return Err(ApiFailure::Api(e));
+            }
+        };
+        store(
+            cache,
+            node,
+            settings,
+            annotations.clone(),
+            &sent,
+            self.credentials_now,
+            log,
+        );
+        Ok((annotations, source))
+    }
+}
+
+/// The error for a refusal of the policy to serve the cache in place of the API.
+fn refused(
+    refusal: Refusal,
+    api: ApiFailure,
+    offer: &CacheOffer,
+    node: &NodeName,
+    settings: &Settings,
+) -> LookupError {
+    match refusal {
+        Refusal::NoCachedAnswer(why) => LookupError::NoSource {
+            api,
+            cache: if matches!(offer, CacheOffer::NoRow) {
+                format!("none for Node {node}")
+            } else {
+                why
             },
-            Refusal::TooStale { age } => LookupError::TooStale {
-                api: api_failure,
-                age,
-                max_stale: settings.max_stale,
-            },
-            Refusal::AgeUnknown(why) => LookupError::AgeUnknown {
-                api: api_failure,
-                why,
-            },
-        }),
+        },
+        Refusal::TooStale { age } => LookupError::TooStale {
+            api,
+            age,
+            max_stale: settings.max_stale,
+        },
+        Refusal::AgeUnknown(why) => LookupError::AgeUnknown { api, why },
     }
 }
 
