@@ -52,30 +52,26 @@ pub const SCRIPT: &str = include_str!("helper.sh");
 /// message on stderr.
 pub const SCRIPT_REFUSED: i32 = 125;
 
-/// What the caller asked for, for [`helper_pod()`].
-#[derive(Debug, Clone)]
-pub struct PodRequest<'a> {
-    /// The node to pin the pod to.
-    pub node: &'a str,
-    /// The caller, as [`nodegate_cluster_client::identity::caller_name`] found it.
-    pub caller: &'a str,
-    /// What is entered, for people reading the pod (e.g. "host PID 1").
-    pub target: &'a str,
-    /// When, for the first heartbeat.
-    pub now: DateTime<Utc>,
-}
-
 /// The helper pod: the shared one (pinned to the node, tolerating every taint, without a
 /// ServiceAccount token, killed by Kubernetes after the deadline), privileged and as root in
 /// the host's PID, network and IPC namespaces, because `nsenter` into any process needs that.
-pub fn helper_pod(settings: &Settings, request: &PodRequest<'_>) -> Pod {
+///
+/// `caller` is who asked (as `identity::caller_name` found it), `target` what is entered, for
+/// people reading the pod (e.g. "host PID 1"), `now` the time of the first heartbeat.
+pub fn helper_pod(
+    settings: &Settings,
+    node: &str,
+    caller: &str,
+    target: &str,
+    now: DateTime<Utc>,
+) -> Pod {
     helper_pod::helper_pod(
         &TOOL,
         &helper_pod::PodRequest {
-            node: request.node,
-            caller: request.caller,
-            target: request.target,
-            now: request.now,
+            node,
+            caller,
+            target,
+            now,
             image: &settings.image,
             image_pull_policy: settings.image_pull_policy.as_deref(),
             deadline: settings.deadline,
@@ -181,13 +177,13 @@ mod tests {
 
     #[test]
     fn the_pod_is_pinned_privileged_tolerant_tokenless_and_deadlined() {
-        let request = PodRequest {
-            node: "node1",
-            caller: "system:serviceaccount:ops:bot",
-            target: "host PID 1",
-            now: DateTime::UNIX_EPOCH,
-        };
-        let pod = helper_pod(&settings(), &request);
+        let pod = helper_pod(
+            &settings(),
+            "node1",
+            "system:serviceaccount:ops:bot",
+            "host PID 1",
+            DateTime::UNIX_EPOCH,
+        );
         let spec = pod.spec.expect("spec");
         assert_eq!(spec.node_name.as_deref(), Some("node1"));
         assert_eq!(spec.active_deadline_seconds, Some(7200));

@@ -16,7 +16,7 @@ use nodegate_cluster_client::{Connection, identity, status};
 use crate::access;
 use crate::cli::{Cli, TtyMode};
 use crate::config::Settings;
-use crate::helper::{self, Entry, ExecPlan, PodRequest};
+use crate::helper::{self, Entry, ExecPlan};
 use crate::startup::Progress;
 use crate::stream;
 use crate::target::{Target, TargetError};
@@ -126,16 +126,10 @@ pub async fn run(cli: &Cli, settings: &Settings) -> anyhow::Result<u8> {
 
     // Asked once the checks passed, so that an unreachable API server is said by them first.
     let caller = identity::caller_name(&client, &config).await;
-    let request = PodRequest {
-        node: &node,
-        caller: &caller,
-        target: &description,
-        now: chrono::Utc::now(),
-    };
     let lifecycle = Lifecycle {
         tool: &helper::TOOL,
         namespace: helper_ns,
-        pod: helper::helper_pod(settings, &request),
+        pod: helper::helper_pod(settings, &node, &caller, &description, chrono::Utc::now()),
         start_timeout: settings.start_timeout,
         deadline: settings.deadline,
     };
