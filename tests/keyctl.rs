@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use nodegate_core::{AnnotationPrefix, Grant, GrantKey, NodeGrants};
-use nodegate_testkit::output::Checked;
+use nodegate_testkit::output::{Checked, output_with_stdin};
 use nodegate_testkit::process::{Scratch, wait_until};
 use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
 
@@ -75,35 +75,17 @@ impl Workstation {
     }
 
     fn keyctl_with_stdin(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&[u8]>) -> Checked {
-        let mut child = Command::new(workspace_bin("keyctl"))
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(args)
-            .env("HOME", self.scratch.join("home"))
-            .env_remove("KUBECONFIG")
-            .env_remove("NODEGATE_PREFIX")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run keyctl");
-        if let Some(input) = stdin {
-            use std::io::Write as _;
-            child
-                .stdin
-                .take()
-                .expect("piped")
-                .write_all(input)
-                .expect("write stdin");
-        }
-        Checked::of(
-            format!("keyctl {}", args.join(" ")),
-            child.wait_with_output().expect("wait for keyctl"),
-        )
+        let output = output_with_stdin(
+            Command::new(workspace_bin("keyctl"))
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .args(args)
+                .env("HOME", self.scratch.join("home"))
+                .env_remove("KUBECONFIG")
+                .env_remove("NODEGATE_PREFIX"),
+            stdin,
+        );
+        Checked::of(format!("keyctl {}", args.join(" ")), output)
     }
 }
 

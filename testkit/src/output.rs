@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::process::{Command, ExitStatus, Output};
+use std::process::{Command, ExitStatus, Output, Stdio};
 
 /// What a command printed and how it ended.
 #[derive(Debug, Clone)]
@@ -16,6 +16,33 @@ pub struct Checked {
     pub stdout: String,
     /// Standard error, lossily decoded.
     pub stderr: String,
+}
+
+/// Runs `command` to completion with its output captured, feeding it `stdin` if given (else
+/// standard input is empty).
+pub fn output_with_stdin(command: &mut Command, stdin: Option<&[u8]>) -> Output {
+    use std::io::Write as _;
+    let mut child = command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(input)
+            .unwrap_or_else(|e| panic!("write the stdin of {command:?}: {e}"));
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait for {command:?}: {e}"))
 }
 
 impl Checked {
