@@ -136,19 +136,48 @@ pub enum Error {
     /// The helper pod ended (rejected by the kubelet, deadline, or deleted) before it ran.
     #[error("the helper pod ended before it ran: {0}")]
     HelperEnded(String),
+    /// The helper pod ended (rejected by the kubelet, e.g. under memory or disk pressure)
+    /// after the cluster refused its priority class, which would have let it in.
+    #[error(
+        "the helper pod ended before it ran: {why}; it ran without priority class {class}, which the cluster refused ({refusal}), so a node under memory or disk pressure may reject it: ask a cluster admin to allow {class} in namespace {namespace}"
+    )]
+    HelperEndedWithoutPriority {
+        /// Why it ended.
+        why: String,
+        /// The priority class refused.
+        class: String,
+        /// The API server's refusal of it.
+        refusal: String,
+        /// The helper namespace.
+        namespace: String,
+    },
+    /// The container runtime keeps failing to create the helper pod's sandbox.
+    #[error(
+        "the container runtime on {node} cannot create the helper pod's sandbox ({failures} attempts; last: {message}); check the runtime there (e.g. `journalctl -u containerd`), or try ssh"
+    )]
+    HelperSandbox {
+        /// The node.
+        node: String,
+        /// How often it failed.
+        failures: i32,
+        /// The last failure's message.
+        message: String,
+    },
     /// Nothing conclusive happened to the helper pod in time.
     #[error(
-        "the helper pod did not start within {} (last: {last}); is the kubelet on {node} working? {remedy}",
-        humantime::format_duration(*.timeout)
+        "the helper pod did not start within {} ({}){}",
+        humantime::format_duration(*.timeout),
+        .stall.describe(node),
+        if .stall.may_pass_with_time() { format!("; {remedy}") } else { String::new() }
     )]
     HelperStartTimeout {
         /// The node.
         node: String,
         /// The timeout.
         timeout: Duration,
-        /// The last thing seen.
-        last: String,
-        /// The tool's remedy ([`helper_pod::Wording::start_timeout`]).
+        /// What held it up.
+        stall: helper_pod::start::Stall,
+        /// The tool's remedy ([`helper_pod::Wording::start_timeout`]), when more time may help.
         remedy: &'static str,
     },
     /// The API server failed while we watched the helper pod start.

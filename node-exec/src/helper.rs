@@ -4,7 +4,8 @@
 //! `nodegate_cluster_client::helper_pod`, shared with the tools to come.
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{Pod, SecurityContext};
+use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, Pod, SecurityContext, Volume, VolumeMount};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use nodegate_cluster_client::helper_pod::{self, HostNamespaces, Tool, Wording};
 
 use crate::config::Settings;
@@ -52,9 +53,25 @@ pub const SCRIPT: &str = include_str!("helper.sh");
 /// message on stderr.
 pub const SCRIPT_REFUSED: i32 = 125;
 
+/// Where the helper's own scratch volume (an `emptyDir` in memory) is mounted: the only place
+/// the script writes (its stdin fifo), so that any image works, one without `/tmp` or with a
+/// read-only root filesystem included.
+pub const SCRATCH_DIR: &str = "/run/node-exec";
+/// The scratch volume's name.
+const SCRATCH_VOLUME: &str = "scratch";
+/// Its size limit: it only ever holds a fifo.
+const SCRATCH_SIZE: &str = "1Mi";
+
+/// The priority class of helper pods: a node under memory or disk pressure still admits a
+/// critical pod and evicts it last, and a node in trouble is when node-exec is needed. Where the
+/// cluster refuses it (e.g. a ResourceQuota that keeps critical pods in kube-system), the
+/// lifecycle goes on without it and says so.
+pub const PRIORITY_CLASS: &str = "system-node-critical";
+
 /// The helper pod: the shared one (pinned to the node, tolerating every taint, without a
-/// ServiceAccount token, killed by Kubernetes after the deadline), privileged and as root in
-/// the host's PID, network and IPC namespaces, because `nsenter` into any process needs that.
+/// ServiceAccount token, killed by Kubernetes after the deadline, node-critical), privileged and
+/// as root in the host's PID, network and IPC namespaces, because `nsenter` into any process
+/// needs that. Its root filesystem is read-only: the script writes only to its scratch volume.
 ///
 /// `caller` is who asked (as `identity::caller_name` found it), `target` what is entered, for
 /// people reading the pod (e.g. "host PID 1"), `now` the time of the first heartbeat.
@@ -65,7 +82,7 @@ pub fn helper_pod(
     target: &str,
     now: DateTime<Utc>,
 ) -> Pod {
-    helper_pod::helper_pod(
+    let mut pod = helper_pod::helper_pod(
         &TOOL,
         &helper_pod::PodRequest {
             node,
@@ -84,10 +101,40 @@ pub fn helper_pod(
                 privileged: Some(true),
                 run_as_user: Some(0),
                 run_as_group: Some(0),
+                read_only_root_filesystem: Some(true),
                 ..SecurityContext::default()
             }),
+            priority_class: Some(PRIORITY_CLASS),
         },
-    )
+    );
+    add_scratch_volume(&mut pod);
+    pod
+}
+
+/// Gives the helper container its scratch volume at [`SCRATCH_DIR`].
+fn add_scratch_volume(pod: &mut Pod) {
+    let Some(spec) = pod.spec.as_mut() else {
+        return;
+    };
+    spec.volumes.get_or_insert_default().push(Volume {
+        name: SCRATCH_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            // In memory: a node out of disk space still gets one.
+            medium: Some("Memory".into()),
+            size_limit: Some(Quantity(SCRATCH_SIZE.into())),
+        }),
+        ..Volume::default()
+    });
+    for container in &mut spec.containers {
+        container
+            .volume_mounts
+            .get_or_insert_default()
+            .push(VolumeMount {
+                name: SCRATCH_VOLUME.into(),
+                mount_path: SCRATCH_DIR.into(),
+                ..VolumeMount::default()
+            });
+    }
 }
 
 /// Whose namespaces the session enters.
@@ -135,6 +182,7 @@ impl ExecPlan {
             "-c".into(),
             SCRIPT.into(),
             "node-exec-helper".into(),
+            SCRATCH_DIR.into(),
             mode.into(),
             target,
             self.user
@@ -206,6 +254,14 @@ mod tests {
             .as_ref()
             .expect("security context");
         assert_eq!(security.privileged, Some(true));
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(spec.priority_class_name.as_deref(), Some(PRIORITY_CLASS));
+        let volume = &spec.volumes.as_ref().expect("volumes")[0];
+        let scratch = volume.empty_dir.as_ref().expect("an emptyDir");
+        assert_eq!(scratch.medium.as_deref(), Some("Memory"));
+        let mounts = container.volume_mounts.as_ref().expect("mounts");
+        assert_eq!(mounts[0].name, volume.name);
+        assert_eq!(mounts[0].mount_path, SCRATCH_DIR);
         let labels = pod.metadata.labels.expect("labels");
         assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
         assert_eq!(labels[USER_LABEL], "system_serviceaccount_ops_bot");
@@ -242,6 +298,7 @@ mod tests {
             &argv[3..],
             [
                 "node-exec-helper",
+                SCRATCH_DIR,
                 "host",
                 "42",
                 "alice",

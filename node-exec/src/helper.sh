@@ -1,10 +1,16 @@
 # node-exec's helper: run with `sh -c` in the privileged helper pod, before anything of the target
-# is touched. It finds the process whose namespaces to enter, resolves the user in that process's
-# own /etc/passwd and /etc/group, and execs nsenter with that uid and gid. Needs only sh, awk, cut,
-# grep, env, nsenter and base64 from the helper image (busybox has them all), and stty if it is
-# there (for the window size).
+# is touched. It finds the process whose namespaces to enter, resolves the user, their home and
+# their shell in that process's own filesystem (through /proc/PID/root, never in the helper
+# image's), and execs nsenter with that uid, gid and working directory.
 #
-# Arguments: MODE TARGET USER FRAMED TERM WINDOW -- COMMAND...
+# What it needs from the helper image: sh, env and nsenter (with -S/-G), plus base64 and mkfifo
+# when stdin is piped, readlink when a path on the target holds a symlink, tr to pass a
+# container's environment, stty (optional) for the window size. busybox has them all, and so
+# has any image with coreutils and util-linux. It writes only to SCRATCH (the pod's own emptyDir
+# volume), so a read-only root filesystem, or an image without /tmp, is fine.
+#
+# Arguments: SCRATCH MODE TARGET USER FRAMED TERM WINDOW -- COMMAND...
+#   SCRATCH a writable directory of the helper's own (for the stdin fifo)
 #   MODE    host: TARGET is the PID whose namespaces are "the host"
 #           container: TARGET is the container ID (hex) from the pod status
 #   USER    NAME, UID, NAME:GROUP or UID:GID; empty: root on the host, the container's own user
@@ -15,10 +21,25 @@
 #   COMMAND empty: the user's shell (a login shell on the host)
 set -u
 die() { printf 'node-exec: %s\n' "$*" >&2; exit 125; }
+note() { printf 'node-exec: %s\n' "$*" >&2; }
 isnum() { case $1 in '' | *[!0-9]*) return 1 ;; esac; }
 
-mode=$1 target=$2 user=$3 framed=$4 term=$5 window=$6
-shift 7
+scratch=$1 mode=$2 target=$3 user=$4 framed=$5 term=$6 window=$7
+shift 8
+
+# The last of the values after KEY in /proc/PID/status (e.g. NSpid, the PID in the innermost
+# namespace), or with FIRST the first one (e.g. the real uid of Uid).
+status_field() { # PID KEY [FIRST]
+  while read -r sf_key sf_values; do
+    [ "$sf_key" = "$2:" ] || continue
+    for sf_value in $sf_values; do
+      [ $# -gt 2 ] && break
+    done
+    printf '%s\n' "$sf_value"
+    return 0
+  done 2>/dev/null <"/proc/$1/status"
+  return 1
+}
 
 case $mode in
 host)
@@ -28,12 +49,17 @@ host)
   ;;
 container)
   pid= lowest=
-  for f in $(grep -l -F -- "$target" /proc/[0-9]*/cgroup 2>/dev/null); do
+  for f in /proc/[0-9]*/cgroup; do
+    hit=
+    while IFS= read -r line; do
+      case $line in *"$target"*) hit=1 && break ;; esac
+    done 2>/dev/null <"$f"
+    [ -n "$hit" ] || continue
     p=${f#/proc/}
     p=${p%/cgroup}
     if [ -z "$lowest" ] || [ "$p" -lt "$lowest" ]; then lowest=$p; fi
     # The container's first process is PID 1 of its own PID namespace.
-    [ "$(awk '/^NSpid:/ { print $NF }' "/proc/$p/status" 2>/dev/null)" = 1 ] && pid=$p
+    [ "$(status_field "$p" NSpid)" = 1 ] && pid=$p
   done
   [ -n "$pid" ] || pid=$lowest
   [ -n "$pid" ] || die "no process of container ${target} found on this node (did it just stop?)"
@@ -46,50 +72,106 @@ root=/proc/$pid/root
 passwd=$root/etc/passwd
 group=$root/etc/group
 
+# Resolves PATH as the target sees it: each symlink read on the target, an absolute one
+# restarting from the target's root (a plain walk through /proc/PID/root would resolve it in
+# the helper image). Prints the resolved path; fails if a part is missing or after 40 links.
+resolve() { # PATH
+  r_rest=$1 r_done= r_links=0
+  while [ -n "$r_rest" ]; do
+    r_part=${r_rest%%/*}
+    case $r_rest in */*) r_rest=${r_rest#*/} ;; *) r_rest= ;; esac
+    case $r_part in
+    '' | .) continue ;;
+    ..) r_done=${r_done%/*} && continue ;;
+    esac
+    if [ -L "$root$r_done/$r_part" ]; then
+      r_links=$((r_links + 1))
+      [ $r_links -le 40 ] || return 1
+      r_link=$(readlink "$root$r_done/$r_part") && [ -n "$r_link" ] || return 1
+      case $r_link in /*) r_done= ;; esac
+      r_rest=$r_link${r_rest:+/$r_rest}
+    elif [ -e "$root$r_done/$r_part" ]; then
+      r_done=$r_done/$r_part
+    else
+      return 1
+    fi
+  done
+  printf '%s\n' "${r_done:-/}"
+}
+
+# Finds the passwd entry whose name (by=name) or uid (by=uid) is VALUE; sets e_name, e_uid,
+# e_gid, e_home and e_shell.
+find_user() { # name|uid VALUE
+  [ -r "$passwd" ] || return 1
+  while IFS=: read -r e_name _ e_uid e_gid _ e_home e_shell || [ -n "$e_name" ]; do
+    case $1 in
+    name) [ "$e_name" = "$2" ] && return 0 ;;
+    uid) [ "$e_uid" = "$2" ] && return 0 ;;
+    esac
+  done <"$passwd"
+  e_name=
+  return 1
+}
+
+# Prints the gid of group NAME.
+find_group() { # NAME
+  [ -r "$group" ] || return 1
+  while IFS=: read -r g_name _ g_gid _ || [ -n "$g_name" ]; do
+    [ "$g_name" = "$1" ] && printf '%s\n' "$g_gid" && return 0
+  done <"$group"
+  return 1
+}
+
 if [ -z "$user" ]; then
   if [ "$mode" = host ]; then
     user=root
   else
-    user=$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status"):$(awk '/^Gid:/ { print $2 }' "/proc/$pid/status")
+    user=$(status_field "$pid" Uid first):$(status_field "$pid" Gid first)
   fi
 fi
 u=${user%%:*} g=
 case $user in *:*) g=${user#*:} ;; esac
 
-entry=
+e_name=
 if isnum "$u"; then
   uid=$u
-  [ -r "$passwd" ] && entry=$(awk -F: -v id="$u" '$3 == id { print; exit }' "$passwd")
+  find_user uid "$u"
 else
   [ -r "$passwd" ] || die "cannot resolve user \"$u\": $where has no /etc/passwd; give a numeric --user UID[:GID]"
-  entry=$(awk -F: -v name="$u" '$1 == name { print; exit }' "$passwd")
-  [ -n "$entry" ] || die "user \"$u\" not found in /etc/passwd of $where"
-  uid=$(printf '%s\n' "$entry" | cut -d: -f3)
+  find_user name "$u" || die "user \"$u\" not found in /etc/passwd of $where"
+  uid=$e_uid
 fi
 if [ -z "$g" ]; then
   # As container runtimes do: the user's primary group, or group 0 for a uid without an entry.
   gid=0
-  [ -n "$entry" ] && gid=$(printf '%s\n' "$entry" | cut -d: -f4)
+  [ -n "$e_name" ] && gid=$e_gid
 elif isnum "$g"; then
   gid=$g
 else
-  gid=
-  [ -r "$group" ] && gid=$(awk -F: -v name="$g" '$1 == name { print $3; exit }' "$group")
-  [ -n "$gid" ] || die "group \"$g\" not found in /etc/group of $where"
+  gid=$(find_group "$g") || die "group \"$g\" not found in /etc/group of $where"
 fi
-name=$uid home=/ shell=/bin/sh
-if [ -n "$entry" ]; then
-  name=$(printf '%s\n' "$entry" | cut -d: -f1)
-  h=$(printf '%s\n' "$entry" | cut -d: -f6)
-  [ -n "$h" ] && [ -d "$root$h" ] && home=$h
-  s=$(printf '%s\n' "$entry" | cut -d: -f7)
-  case $s in '' | */nologin | */false) ;; *) shell=$s ;; esac
+
+# HOME and the working directory, as login(1) does it: the user's home if it exists on the
+# target, else / with a note. The working directory is the home resolved on the target and
+# reached through /proc/PID/root, because nsenter opens `-w DIR` before entering the target's
+# mount namespace (busybox, and util-linux before --wdns).
+name=$uid home=/ workdir=/ shell=/bin/sh
+if [ -n "$e_name" ]; then
+  name=$e_name
+  if [ -n "$e_home" ] && resolved=$(resolve "$e_home") && [ -d "$root$resolved" ]; then
+    home=$e_home workdir=$resolved
+  else
+    note "home directory ${e_home:-(none)} of $name does not exist on $where; starting in / (HOME=/)"
+  fi
+  case $e_shell in '' | */nologin | */false) ;; *) shell=$e_shell ;; esac
 fi
 
 if [ $# -eq 0 ]; then
-  # Absolute symlinks under /proc/PID/root resolve against our own root, so test for a link too.
-  [ -e "$root$shell" ] || [ -L "$root$shell" ] || shell=/bin/sh
-  [ -e "$root$shell" ] || [ -L "$root$shell" ] || die "$where has no shell ($shell): give a command after --"
+  if ! resolved=$(resolve "$shell") || [ ! -f "$root$resolved" ]; then
+    [ "$shell" != /bin/sh ] && note "shell $shell of $name does not exist on $where; using /bin/sh"
+    shell=/bin/sh
+    resolved=$(resolve "$shell") && [ -f "$root$resolved" ] || die "$where has no shell ($shell): give a command after --"
+  fi
   if [ "$mode" = host ]; then set -- "$shell" -l; else set -- "$shell"; fi
 fi
 
@@ -99,16 +181,20 @@ words=$#
 set -- "$@" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 if [ "$mode" = container ] && [ -r "/proc/$pid/environ" ]; then
   # The container's own environment, as kubectl exec would give it.
-  while IFS= read -r kv; do
-    case $kv in [A-Za-z_]*=*) set -- "$@" "$kv" ;; esac
-  done <<ENVIRON
+  if command -v tr >/dev/null; then
+    while IFS= read -r kv; do
+      case $kv in [A-Za-z_]*=*) set -- "$@" "$kv" ;; esac
+    done <<ENVIRON
 $(tr '\0' '\n' <"/proc/$pid/environ")
 ENVIRON
+  else
+    note "the helper image has no tr: the container's own environment is not passed on"
+  fi
 fi
 [ -n "$term" ] && set -- "$@" "TERM=$term"
 set -- "$@" "HOME=$home" "USER=$name" "LOGNAME=$name" "SHELL=$shell"
 nsenter=$(command -v nsenter) || die "the helper image has no nsenter (use an image with busybox or util-linux)"
-set -- "$@" "$nsenter" -t "$pid" -m -u -i -n -p -S "$uid" -G "$gid" "-w$home" --
+set -- "$@" "$nsenter" -t "$pid" -m -u -i -n -p -S "$uid" -G "$gid" "-w$root$workdir" --
 i=0
 while [ $i -lt $words ]; do
   w=$1
@@ -125,8 +211,8 @@ if [ "$framed" != 1 ]; then
   fi
   exec env -i "$@"
 fi
-fifo=/tmp/node-exec-stdin.$$
-mkfifo "$fifo" || die "cannot create $fifo in the helper container"
+fifo=$scratch/stdin.$$
+mkfifo "$fifo" || die "cannot create $fifo in the helper's scratch volume"
 exec 3<&0
 {
   while IFS= read -r line; do

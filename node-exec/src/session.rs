@@ -6,11 +6,13 @@
 use std::io::IsTerminal as _;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::AttachParams;
 use kube::{Api, Client};
 
-use nodegate_cluster_client::helper_pod::{self, Ended, Lifecycle, Running, Signals};
+use nodegate_cluster_client::helper_pod::{
+    self, Ended, Lifecycle, NodeReadiness, Running, Signals,
+};
 use nodegate_cluster_client::{Connection, identity, status};
 
 use crate::access;
@@ -31,15 +33,15 @@ pub enum SessionError {
     /// The node does not exist.
     #[error("node {0} not found (kubectl get nodes lists them)")]
     NodeNotFound(String),
-    /// The node's kubelet is not ready, so it cannot run the helper pod.
+    /// The node's kubelet is not reporting, so it cannot run the helper pod.
     #[error(
-        "node {node} is not ready ({detail}): node-exec needs a working kubelet; try ssh, or the cloud provider's serial console"
+        "node {node}: its kubelet is not reporting ({last_heard}), so it cannot start the helper pod; try ssh, or the cloud provider's serial console"
     )]
-    NodeNotReady {
+    NodeNotReporting {
         /// The node.
         node: String,
-        /// The Ready condition's status, reason and message.
-        detail: String,
+        /// When it last reported, in words.
+        last_heard: String,
     },
     /// The pod to enter does not exist.
     #[error("pod {namespace}/{name} not found")]
@@ -258,10 +260,12 @@ async fn locate_container(
     Ok((node, id, chosen))
 }
 
-/// Fails early when the node is missing or not ready. A caller who may not read nodes goes on:
-/// the helper pod's start then tells. A node that is not ready only because its pod network is
-/// down still runs host-network pods such as the helper (and a broken network is a reason to
-/// want a host shell): that goes on too, with a note to show.
+/// Fails early when the node is missing or its kubelet is not reporting (a pod would never
+/// start). A node whose kubelet reports but says NotReady (its pod network is down, it has just
+/// registered, ...) is tried, with a note to show: host-network helper pods run there, and what
+/// its kubelet does with the pod decides. A caller who may not read nodes goes on too: the
+/// helper pod's start then tells. Decided from the Ready condition's status, never its message
+/// (see `helper_pod::readiness`).
 async fn check_node_ready(client: &Client, node: &str) -> anyhow::Result<Option<String>> {
     let nodes: Api<Node> = Api::all(client.clone());
     let found = match nodes.get(node).await {
@@ -275,68 +279,88 @@ async fn check_node_ready(client: &Client, node: &str) -> anyhow::Result<Option<
         }
         Err(error) => return Err(error).context(format!("reading node {node}")),
     };
-    let ready = found
-        .status
-        .and_then(|s| s.conditions)
-        .into_iter()
-        .flatten()
-        .find(|c| c.type_ == "Ready");
-    match ready {
-        Some(condition) if condition.status == "True" => Ok(None),
-        Some(condition) if condition.status == "False" && only_network_down(&condition) => {
-            Ok(Some(format!(
-                "node {node} is not ready only because its pod network is down ({}); the helper pod uses the host's network, going on",
-                condition.message.unwrap_or_default()
-            )))
-        }
-        Some(condition) => Err(SessionError::NodeNotReady {
+    readiness_verdict(node, &helper_pod::node_readiness(&found), chrono::Utc::now())
+}
+
+/// What node-exec does with a node's readiness: go on (with a note, when not Ready), or refuse.
+fn readiness_verdict(
+    node: &str,
+    readiness: &NodeReadiness,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Option<String>> {
+    match readiness {
+        NodeReadiness::Ready => Ok(None),
+        NodeReadiness::NotReady { reason, message } => Ok(Some(format!(
+            "node {node} is not Ready ({reason}: {message}); trying anyway: the helper pod uses the host's network, and the kubelet still reports"
+        ))),
+        NodeReadiness::NotReporting { last_heard } => Err(SessionError::NodeNotReporting {
             node: node.to_owned(),
-            detail: format!(
-                "Ready={} {}: {}",
-                condition.status,
-                condition.reason.unwrap_or_default(),
-                condition.message.unwrap_or_default()
-            ),
-        }
-        .into()),
-        None => Err(SessionError::NodeNotReady {
-            node: node.to_owned(),
-            detail: "its kubelet never reported".into(),
+            last_heard: match last_heard {
+                None => "it never reported".into(),
+                Some(at) => format!(
+                    "it last reported {} ago, at {}",
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        (now - *at).num_seconds().max(0).unsigned_abs()
+                    )),
+                    helper::timestamp(*at)
+                ),
+            },
         }
         .into()),
     }
-}
-
-/// Whether a Ready=False condition names nothing but the runtime's network (the kubelet reports
-/// e.g. "runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady ...").
-fn only_network_down(condition: &NodeCondition) -> bool {
-    let message = condition.message.as_deref().unwrap_or_default();
-    message.starts_with("runtime network not ready") && !message.contains("RuntimeReady=false")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ready_false(message: &str) -> NodeCondition {
-        NodeCondition {
-            type_: "Ready".into(),
-            status: "False".into(),
-            reason: Some("KubeletNotReady".into()),
-            message: Some(message.into()),
-            ..NodeCondition::default()
-        }
+    fn at(text: &str) -> chrono::DateTime<chrono::Utc> {
+        text.parse().expect("timestamp")
     }
 
     #[test]
-    fn only_a_down_pod_network_lets_a_not_ready_node_through() {
-        assert!(only_network_down(&ready_false(
-            "runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized"
-        )));
-        assert!(!only_network_down(&ready_false(
-            "container runtime is down,runtime network not ready: NetworkReady=false"
-        )));
-        assert!(!only_network_down(&ready_false("PLEG is not healthy")));
-        assert!(!only_network_down(&ready_false("")));
+    fn a_not_ready_node_whose_kubelet_reports_is_tried_with_a_note() {
+        let note = readiness_verdict(
+            "n1",
+            &NodeReadiness::NotReady {
+                reason: "KubeletNotReady".into(),
+                message: "container runtime network not ready: NetworkReady=false".into(),
+            },
+            at("2026-12-01T10:00:00Z"),
+        )
+        .expect("goes on")
+        .expect("a note");
+        assert_eq!(
+            note,
+            "node n1 is not Ready (KubeletNotReady: container runtime network not ready: NetworkReady=false); trying anyway: the helper pod uses the host's network, and the kubelet still reports"
+        );
+        assert!(
+            readiness_verdict("n1", &NodeReadiness::Ready, at("2026-12-01T10:00:00Z"))
+                .expect("goes on")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_kubelet_that_is_not_reporting_is_refused_with_when_it_was_last_heard() {
+        let err = readiness_verdict(
+            "n1",
+            &NodeReadiness::NotReporting {
+                last_heard: Some(at("2026-12-01T09:55:00Z")),
+            },
+            at("2026-12-01T10:00:00Z"),
+        )
+        .expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "node n1: its kubelet is not reporting (it last reported 5m ago, at 2026-12-01T09:55:00Z), so it cannot start the helper pod; try ssh, or the cloud provider's serial console"
+        );
+        let err = readiness_verdict(
+            "n1",
+            &NodeReadiness::NotReporting { last_heard: None },
+            at("2026-12-01T10:00:00Z"),
+        )
+        .expect_err("refused");
+        assert!(err.to_string().contains("(it never reported)"), "{err}");
     }
 }

@@ -26,12 +26,20 @@ pub fn delete_pods(namespace: &str) -> Permission {
     Permission::namespaced("delete", "pods", namespace)
 }
 
-/// What every helper pod session needs in the helper namespace: create it, exec into it, and
-/// delete it (a caller who could create but not delete would leave pods behind).
+/// `get pods/exec` in `namespace`: how API servers authorize an exec over WebSocket (an HTTP
+/// GET), which is how the tools exec; since Kubernetes 1.35 they also ask for `create`.
+pub fn exec_pods_over_websocket(namespace: &str) -> Permission {
+    Permission::namespaced("get", "pods", namespace).subresource("exec")
+}
+
+/// What every helper pod session needs in the helper namespace: create it, exec into it (both
+/// verbs: see [`exec_pods_over_websocket`]), and delete it (a caller who could create but not
+/// delete would leave pods behind).
 pub fn helper_permissions(namespace: &str) -> Vec<Permission> {
     vec![
         create_pods(namespace),
         exec_pods(namespace, None),
+        exec_pods_over_websocket(namespace),
         delete_pods(namespace),
     ]
 }
@@ -70,6 +78,7 @@ mod tests {
             [
                 "create pods in namespace ops",
                 "create pods/exec in namespace ops",
+                "get pods/exec in namespace ops",
                 "delete pods in namespace ops"
             ]
         );

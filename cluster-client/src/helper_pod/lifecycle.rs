@@ -101,23 +101,11 @@ where
     progress.say(format!("creating a helper pod on {node}"));
     // Not cancelled by a signal: the pod might exist without us knowing its name. A signal that
     // arrives meanwhile is taken up below, with the name known.
-    let created = match pods.create(&PostParams::default(), &pod).await {
-        Ok(pod) => pod,
-        Err(error) if status::is_not_found(&error) => {
+    let (created, priority_refused) = match create(&pods, tool, namespace, &pod, progress).await {
+        Ok(created) => created,
+        Err(error) => {
             progress.finish();
-            return Err(Error::HelperNamespaceMissing {
-                namespace: namespace.to_owned(),
-                remedy: tool.wording.namespace_missing,
-            }
-            .into());
-        }
-        Err(source) => {
-            progress.finish();
-            return Err(Error::CreateHelperPod {
-                namespace: namespace.to_owned(),
-                source,
-            }
-            .into());
+            return Err(error.into());
         }
     };
     let name = created.metadata.name.clone().unwrap_or_default();
@@ -134,7 +122,18 @@ where
             start_timeout,
             progress,
         )
-        .await?;
+        .await
+        .map_err(|error| match (error, &priority_refused) {
+            (Error::HelperEnded(why), Some((class, refusal))) => {
+                Error::HelperEndedWithoutPriority {
+                    why,
+                    class: class.clone(),
+                    refusal: refusal.clone(),
+                    namespace: namespace.to_owned(),
+                }
+            }
+            (error, _) => error,
+        })?;
         let running = Running {
             pods: pods.clone(),
             name: name.clone(),
@@ -154,6 +153,60 @@ where
         progress.warn(&error.to_string());
     }
     outcome
+}
+
+/// Creates the helper pod. If the API server refuses it while it names a priority class (a
+/// ResourceQuota or admission policy that keeps critical pods out of this namespace, or a class
+/// that does not exist), creates it again without one and warns: a helper that may be refused
+/// under pressure beats none. Returns the pod and, after such a retry, the class and the
+/// refusal. Which part was refused is learned by trying, not by reading the message.
+async fn create(
+    pods: &Api<Pod>,
+    tool: &Tool,
+    namespace: &str,
+    pod: &Pod,
+    progress: &dyn Progress,
+) -> Result<(Pod, Option<(String, String)>), Error> {
+    let class = pod.spec.as_ref().and_then(|s| s.priority_class_name.clone());
+    let first = match pods.create(&PostParams::default(), pod).await {
+        Ok(created) => return Ok((created, None)),
+        Err(error) => error,
+    };
+    let failed = |source: kube::Error| {
+        if status::is_not_found(&source) {
+            Error::HelperNamespaceMissing {
+                namespace: namespace.to_owned(),
+                remedy: tool.wording.namespace_missing,
+            }
+        } else {
+            Error::CreateHelperPod {
+                namespace: namespace.to_owned(),
+                source,
+            }
+        }
+    };
+    let Some(class) = class.filter(|_| {
+        status::is_refusal_of_the_request(&first) && !status::is_not_found(&first)
+    }) else {
+        return Err(failed(first));
+    };
+    let mut plain = pod.clone();
+    if let Some(spec) = plain.spec.as_mut() {
+        spec.priority_class_name = None;
+    }
+    match pods.create(&PostParams::default(), &plain).await {
+        Ok(created) => {
+            let refusal = status::api_status(&first)
+                .map(|s| s.message.clone())
+                .unwrap_or_else(|| first.to_string());
+            progress.warn(&format!(
+                "the cluster refused priority class {class} for helper pods in {namespace} ({refusal}); going on without it, so a node under memory or disk pressure may reject the helper pod or evict it first"
+            ));
+            Ok((created, Some((class, refusal))))
+        }
+        // Refused without the class too: the class was not the reason.
+        Err(error) => Err(failed(error)),
+    }
 }
 
 /// Refreshes the heartbeat annotation of `name` until cancelled; failures only delay `gc`'s

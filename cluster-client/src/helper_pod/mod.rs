@@ -8,6 +8,7 @@
 //! Everything else lives here once:
 //! - [`mod@spec`]: the pod, pinned to its node and tolerating every taint;
 //! - [`mod@access`]: the permissions a helper pod needs, asked about before anything exists;
+//! - [`mod@readiness`]: whether a node's kubelet reports, from the Node's structured fields;
 //! - [`mod@start`]: waiting for the kubelet, and what its answers mean as errors;
 //! - [`mod@lifecycle`]: create, wait, heartbeat, the tool's work, delete on every way out;
 //! - [`mod@signals`]: the signals that end a session, caught so that the pod goes first;
@@ -16,14 +17,16 @@
 pub mod access;
 pub mod gc;
 pub mod lifecycle;
+pub mod readiness;
 pub mod signals;
 pub mod spec;
 pub mod start;
 
 pub use lifecycle::{Ended, Lifecycle, Running, run};
+pub use readiness::{NodeReadiness, node_readiness};
 pub use signals::Signals;
 pub use spec::{HostNamespaces, PodRequest, helper_pod, timestamp};
-pub use start::{PodState, pod_state, wait_running};
+pub use start::{PodState, Stall, pod_state, wait_running};
 
 #[cfg(doc)]
 use k8s_openapi::api::core::v1::Pod;

@@ -40,6 +40,9 @@ pub struct PodRequest<'a> {
     pub host: HostNamespaces,
     /// The container's security context (e.g. privileged, as root).
     pub security_context: Option<SecurityContext>,
+    /// The pod's priority class, e.g. `system-node-critical` so that a node under pressure
+    /// still admits it; [`super::run`] goes on without it where the cluster refuses it.
+    pub priority_class: Option<&'a str>,
 }
 
 /// The helper pod of `tool`: pinned to the node with `nodeName` (no scheduler involved, so a
@@ -69,7 +72,7 @@ pub fn helper_pod(tool: &Tool, request: &PodRequest<'_>) -> Pod {
     if let Some(policy) = request.image_pull_policy {
         container["imagePullPolicy"] = policy.into();
     }
-    let pod = serde_json::json!({
+    let mut pod = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -99,6 +102,9 @@ pub fn helper_pod(tool: &Tool, request: &PodRequest<'_>) -> Pod {
             "containers": [container],
         },
     });
+    if let Some(class) = request.priority_class {
+        pod["spec"]["priorityClassName"] = class.into();
+    }
     serde_json::from_value(pod).expect("the helper pod literal matches the Pod schema")
 }
 
@@ -143,6 +149,7 @@ pub(crate) mod tests {
                 ..HostNamespaces::default()
             },
             security_context: None,
+            priority_class: Some("system-node-critical"),
         }
     }
 
@@ -167,6 +174,10 @@ pub(crate) mod tests {
         assert_eq!(spec.host_network, Some(true));
         assert_eq!(spec.host_pid, Some(false));
         assert_eq!(spec.termination_grace_period_seconds, Some(0));
+        assert_eq!(
+            spec.priority_class_name.as_deref(),
+            Some("system-node-critical")
+        );
         let container = &spec.containers[0];
         assert_eq!(container.name, "tool");
         assert_eq!(container.image_pull_policy.as_deref(), Some("Never"));

@@ -84,8 +84,108 @@ pub fn pod_state(pod: &Pod, tool: &Tool, image: &str) -> Result<PodState, Error>
     Ok(PodState::Pending(format!("pod {phase} on {node}")))
 }
 
+/// How many times the runtime may fail to create the pod's sandbox before waiting longer only
+/// hides the failure (the kubelet retries forever, with back-off).
+pub const SANDBOX_FAILURES_TO_GIVE_UP: i32 = 3;
+
+/// What held a helper pod up when it did not start in time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stall {
+    /// The kubelet never took the pod up: the pod has no `startTime`, the first thing the
+    /// kubelet sets. The kubelet is stopped, cannot reach the API server, or its node is gone.
+    NotTakenUp,
+    /// The container runtime failed to create the pod's sandbox (with the last message).
+    Sandbox(String),
+    /// The image was still being pulled.
+    Pulling,
+    /// Something else: the last thing seen.
+    Other(String),
+}
+
+impl Stall {
+    /// Whether more time could help (and so the tool's "raise the timeout" remedy applies).
+    pub fn may_pass_with_time(&self) -> bool {
+        matches!(self, Stall::Pulling | Stall::Other(_))
+    }
+
+    /// The stall in words, for node `node`.
+    pub fn describe(&self, node: &str) -> String {
+        match self {
+            Stall::NotTakenUp => format!(
+                "the kubelet on {node} never took it up: is the kubelet running and reaching the API server? (try ssh, or the cloud provider's serial console)"
+            ),
+            Stall::Sandbox(message) => format!(
+                "the container runtime on {node} cannot create the pod's sandbox ({message})"
+            ),
+            Stall::Pulling => "its image was still being pulled".into(),
+            Stall::Other(last) => format!("last: {last}"),
+        }
+    }
+}
+
+/// What was seen of the helper pod and its events while it started: structured fields and the
+/// kubelet's event *reasons* (constants of the kubelet), never message texts.
+#[derive(Debug, Default)]
+pub struct StartSeen {
+    taken_up: bool,
+    pulling: bool,
+    /// `FailedCreatePodSandBox` events by name, with their counts (the recorder aggregates
+    /// repeats into one event with a count).
+    sandbox_failures: std::collections::BTreeMap<String, i32>,
+    sandbox_message: String,
+    last: String,
+}
+
+impl StartSeen {
+    /// Takes in a state of the pod.
+    pub fn pod(&mut self, pod: &Pod, what: &str) {
+        self.taken_up |= pod.status.as_ref().is_some_and(|s| s.start_time.is_some());
+        self.last = what.to_owned();
+    }
+
+    /// Takes in one of the pod's events; returns a line for the progress display.
+    pub fn event(&mut self, event: &Event) -> String {
+        let reason = event.reason.clone().unwrap_or_default();
+        let message = event.message.clone().unwrap_or_default();
+        // Only the kubelet posts events about a pod bound to a node, so one is a sign of life.
+        self.taken_up = true;
+        match reason.as_str() {
+            "Pulling" => self.pulling = true,
+            "Pulled" | "Created" | "Started" => self.pulling = false,
+            "FailedCreatePodSandBox" => {
+                let name = event.metadata.name.clone().unwrap_or_default();
+                self.sandbox_failures
+                    .insert(name, event.count.unwrap_or(1).max(1));
+                self.sandbox_message = message.clone();
+            }
+            _ => {}
+        }
+        self.last = format!("{reason}: {message}");
+        self.last.clone()
+    }
+
+    /// How often the sandbox failed so far.
+    pub fn sandbox_failures(&self) -> i32 {
+        self.sandbox_failures.values().sum()
+    }
+
+    /// What held the pod up.
+    pub fn stall(&self) -> Stall {
+        if !self.taken_up {
+            Stall::NotTakenUp
+        } else if self.sandbox_failures() > 0 {
+            Stall::Sandbox(self.sandbox_message.clone())
+        } else if self.pulling {
+            Stall::Pulling
+        } else {
+            Stall::Other(self.last.clone())
+        }
+    }
+}
+
 /// Waits until the helper pod `created` runs, following its events on `progress`, for at most
-/// `timeout` ([`Error::HelperStartTimeout`] then).
+/// `timeout` ([`Error::HelperStartTimeout`], saying what held it up). A sandbox the runtime keeps
+/// failing to create ends the wait early ([`Error::HelperSandbox`]).
 pub async fn wait_running(
     pods: &Api<Pod>,
     events: &Api<Event>,
@@ -102,8 +202,9 @@ pub async fn wait_running(
         .and_then(|s| s.node_name.clone())
         .unwrap_or_default();
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = format!("waiting for the kubelet on {node}");
-    progress.say(format!("{name}: {last}"));
+    let mut seen = StartSeen::default();
+    seen.pod(created, &format!("waiting for the kubelet on {node}"));
+    progress.say(format!("{name}: waiting for the kubelet on {node}"));
     let event_params = WatchParams::default().fields(&format!("involvedObject.name={name}"));
     let mut events = match events.watch(&event_params, "0").await {
         Ok(stream) => stream.boxed(),
@@ -118,10 +219,10 @@ pub async fn wait_running(
         .resource_version
         .clone()
         .unwrap_or_default();
-    let timed_out = |node: String, last: String| Error::HelperStartTimeout {
+    let timed_out = |node: String, seen: &StartSeen| Error::HelperStartTimeout {
         node,
         timeout,
-        last,
+        stall: seen.stall(),
         remedy: tool.wording.start_timeout,
     };
     loop {
@@ -137,14 +238,19 @@ pub async fn wait_running(
         while !restart {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Err(timed_out(node, last));
+                    return Err(timed_out(node, &seen));
                 }
                 event = events.next() => match event {
                     Some(Ok(WatchEvent::Added(event) | WatchEvent::Modified(event))) => {
-                        let reason = event.reason.unwrap_or_default();
-                        let message = event.message.unwrap_or_default();
-                        last = format!("{reason}: {message}");
-                        progress.say(format!("{name}: {last}"));
+                        let line = seen.event(&event);
+                        progress.say(format!("{name}: {line}"));
+                        if seen.sandbox_failures() >= SANDBOX_FAILURES_TO_GIVE_UP {
+                            return Err(Error::HelperSandbox {
+                                node,
+                                failures: seen.sandbox_failures(),
+                                message: event.message.unwrap_or_default(),
+                            });
+                        }
                     }
                     Some(_) => {}
                     None => events = futures::stream::pending().boxed(),
@@ -155,8 +261,8 @@ pub async fn wait_running(
                         match pod_state(&pod, tool, image)? {
                             PodState::Running => return Ok(pod),
                             PodState::Pending(what) => {
-                                last = what;
-                                progress.say(format!("{name}: {last}"));
+                                seen.pod(&pod, &what);
+                                progress.say(format!("{name}: {what}"));
                             }
                         }
                     }
@@ -168,8 +274,9 @@ pub async fn wait_running(
                     Ok(Some(WatchEvent::Error(_))) | Ok(None) => {
                         let pod = pods.get(&name).await.map_err(Error::HelperWatch)?;
                         version = pod.metadata.resource_version.clone().unwrap_or_default();
-                        if pod_state(&pod, tool, image)? == PodState::Running {
-                            return Ok(pod);
+                        match pod_state(&pod, tool, image)? {
+                            PodState::Running => return Ok(pod),
+                            PodState::Pending(what) => seen.pod(&pod, &what),
                         }
                         restart = true;
                     }
@@ -231,12 +338,70 @@ mod tests {
         let timeout = Error::HelperStartTimeout {
             node: "n1".into(),
             timeout: Duration::from_secs(120),
-            last: "pod Pending on n1".into(),
+            stall: Stall::Other("ContainerCreating m".into()),
             remedy: TOOL.wording.start_timeout,
         };
         assert_eq!(
             timeout.to_string(),
-            "the helper pod did not start within 2m (last: pod Pending on n1); is the kubelet on n1 working? Raise --start-timeout"
+            "the helper pod did not start within 2m (last: ContainerCreating m); Raise --start-timeout"
         );
+    }
+
+    fn event(name: &str, reason: &str, count: i32) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "involvedObject": {"name": "h"},
+            "reason": reason,
+            "message": format!("{reason} says"),
+            "count": count,
+        }))
+        .expect("event")
+    }
+
+    #[test]
+    fn a_pod_the_kubelet_never_took_up_is_said_so_without_the_timeout_remedy() {
+        let mut seen = StartSeen::default();
+        seen.pod(&pod(serde_json::json!({"phase": "Pending"})), "pod Pending on n1");
+        assert_eq!(seen.stall(), Stall::NotTakenUp);
+        let timeout = Error::HelperStartTimeout {
+            node: "n1".into(),
+            timeout: Duration::from_secs(5),
+            stall: seen.stall(),
+            remedy: TOOL.wording.start_timeout,
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "the helper pod did not start within 5s (the kubelet on n1 never took it up: is the kubelet running and reaching the API server? (try ssh, or the cloud provider's serial console))"
+        );
+    }
+
+    #[test]
+    fn the_kubelets_structured_answers_say_what_held_the_pod_up() {
+        // Taken up (startTime set), then the image pull.
+        let mut seen = StartSeen::default();
+        seen.pod(
+            &pod(serde_json::json!({"phase": "Pending", "startTime": "2026-12-01T10:00:00Z"})),
+            "pod Pending on n1",
+        );
+        assert_eq!(seen.stall(), Stall::Other("pod Pending on n1".into()));
+        seen.event(&event("e1", "Pulling", 1));
+        assert_eq!(seen.stall(), Stall::Pulling);
+        assert!(seen.stall().may_pass_with_time());
+        seen.event(&event("e2", "Pulled", 1));
+        assert_eq!(seen.stall(), Stall::Other("Pulled: Pulled says".into()));
+
+        // An event alone is a sign of life; sandbox failures count with their repeats.
+        let mut seen = StartSeen::default();
+        seen.event(&event("s1", "FailedCreatePodSandBox", 1));
+        assert_eq!(seen.sandbox_failures(), 1);
+        seen.event(&event("s1", "FailedCreatePodSandBox", 2));
+        assert_eq!(seen.sandbox_failures(), 2);
+        seen.event(&event("s2", "FailedCreatePodSandBox", 1));
+        assert_eq!(seen.sandbox_failures(), SANDBOX_FAILURES_TO_GIVE_UP);
+        assert_eq!(
+            seen.stall(),
+            Stall::Sandbox("FailedCreatePodSandBox says".into())
+        );
+        assert!(!seen.stall().may_pass_with_time());
     }
 }
