@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use nodegate_testkit::kubelet::{InNode, Kubelet};
+use nodegate_testkit::kubelet::{BARE_IMAGE, InNode, Kubelet, build_bare_image};
 use nodegate_testkit::process::{KillOnDrop, wait_until};
 use nodegate_testkit::proxy::CuttableProxy;
 use nodegate_testkit::terminal::Terminal;
@@ -126,11 +126,21 @@ spec:
             node = kubelet.node_name(),
         ));
         kubelet.wait_pod_running(cluster, APPS, TARGET_POD, Duration::from_secs(120));
+        let host_files = stand_in_host_files(&kubelet.scratch.join("stand-in-host"));
+        // As on a real node, the host has users of its own (in its /etc/passwd, with homes under
+        // its /home) that the helper image knows nothing of.
         let host = kubelet.spawn_in_node(
             "stand-in-host",
             &["unshare", "--uts", "--mount", "--fork"],
-            &format!("hostname {STAND_IN_HOSTNAME}; exec sleep 3600"),
+            &format!(
+                "mount --bind {files}/passwd /etc/passwd && mount --bind {files}/group /etc/group \
+                 && mount --bind {files}/home /home && hostname {STAND_IN_HOSTNAME} && exec sleep 3600",
+                files = host_files.display()
+            ),
         );
+        let kubelet_bare_image = kubelet.scratch.join("bare-image");
+        build_bare_image(&kubelet_bare_image, &kubelet_bare_image.join("image.tar"));
+        kubelet.import_image(&kubelet_bare_image.join("image.tar"));
         let home = kubelet.scratch.join("home");
         std::fs::create_dir_all(&home).expect("create HOME");
         Env {
@@ -140,6 +150,34 @@ spec:
             home,
         }
     }
+}
+
+/// Users of the stand-in host only (name, uid, home, shell): `core` with a home of its own and a
+/// shell the helper image lacks, `ec2-user` whose home is reached through an absolute symlink
+/// (as `/home -> /var/home` on Fedora CoreOS), `gone` whose home does not exist.
+const HOST_USERS: &[(&str, u32, &str, &str)] = &[
+    ("core", 1500, "/home/core", "/bin/bash"),
+    ("ec2-user", 1501, "/home/ec2-user", "/bin/sh"),
+    ("gone", 1502, "/home/gone", "/bin/sh"),
+];
+
+/// The stand-in host's `passwd`, `group` and `home` under `dir`: the machine's own users plus
+/// [`HOST_USERS`]. They are bound over the real ones only in the stand-in host's mount namespace.
+fn stand_in_host_files(dir: &Path) -> PathBuf {
+    let home = dir.join("home");
+    std::fs::create_dir_all(home.join("core")).expect("create /home/core");
+    std::fs::create_dir_all(home.join("real/ec2-user")).expect("create the real home");
+    std::os::unix::fs::symlink("/home/real/ec2-user", home.join("ec2-user"))
+        .expect("link /home/ec2-user");
+    let mut passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+    let mut group = std::fs::read_to_string("/etc/group").expect("read /etc/group");
+    for (name, uid, home, shell) in HOST_USERS {
+        passwd.push_str(&format!("{name}:x:{uid}:{uid}:{name}:{home}:{shell}\n"));
+        group.push_str(&format!("{name}:x:{uid}:\n"));
+    }
+    std::fs::write(dir.join("passwd"), passwd).expect("write passwd");
+    std::fs::write(dir.join("group"), group).expect("write group");
+    dir.to_owned()
 }
 
 /// A kubeconfig for `user` in `groups`.
@@ -736,7 +774,7 @@ fn a_node_without_a_working_kubelet_is_a_clear_error_and_creates_nothing() {
     assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("node ghost-node is not ready (its kubelet never reported)"),
+        stderr.contains("node ghost-node: its kubelet is not reporting (it never reported)"),
         "{stderr}"
     );
     assert!(helper_pods("nodegate-system", "ghost-op").is_empty());
@@ -835,24 +873,235 @@ fn on_a_terminal_the_window_size_follows_resizes_and_the_terminal_is_restored() 
     assert!(helper_pods("nodegate-system", user).is_empty());
 }
 
+/// The Ready condition's message as a current kubelet (1.32) words a pod network that is down.
+const CURRENT_NETWORK_DOWN_MESSAGE: &str = "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized";
+
 #[test]
-fn a_node_whose_pod_network_is_down_still_gets_a_host_shell() {
+fn a_node_whose_pod_network_is_down_still_gets_a_host_shell_whatever_its_kubelet_writes() {
     let env = env();
     // As with a broken network plugin: the node is NotReady, yet host-network pods run.
     env.kubelet.set_pod_network(env.cluster, false);
     let me = operator("network-down-op");
-    let out = run(
-        &me,
-        &["--host-pid", &host_pid(), "localhost", "--", "hostname"],
+    let host_shell = || {
+        run(
+            &me,
+            &["--host-pid", &host_pid(), "localhost", "--", "hostname"],
+            b"",
+        )
+    };
+    // The 1.20 kubelet's own wording.
+    let out = host_shell();
+    let stderr = text(&out.stderr);
+    let old_wording = out.status.success()
+        && text(&out.stdout).trim() == STAND_IN_HOSTNAME
+        && stderr
+            .contains("node localhost is not Ready (KubeletNotReady: runtime network not ready")
+        && stderr.contains("trying anyway");
+    // A current kubelet's wording, written over the condition; the test kubelet writes its own
+    // back at its next status update, so try until node-exec saw the current one.
+    let mut current = None;
+    for _ in 0..5 {
+        env.cluster.patch_node_status(
+            env.kubelet.node_name(),
+            &serde_json::json!({"status": {"conditions": [
+                {"type": "Ready", "status": "False", "reason": "KubeletNotReady",
+                 "message": CURRENT_NETWORK_DOWN_MESSAGE}
+            ]}}),
+        );
+        let out = host_shell();
+        if text(&out.stderr).contains(CURRENT_NETWORK_DOWN_MESSAGE) {
+            current = Some(out);
+            break;
+        }
+    }
+    env.kubelet.set_pod_network(env.cluster, true);
+    assert!(old_wording, "with the 1.20 wording: {stderr}");
+    let out = current.expect("node-exec never saw the current wording");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), STAND_IN_HOSTNAME);
+    assert!(helper_pods("nodegate-system", "network-down-op").is_empty());
+}
+
+#[test]
+fn a_host_login_as_a_users_of_the_node_starts_in_their_home_on_the_host() {
+    let me = operator("node-user-op");
+    let as_user = |user: &str, args: &[&str], stdin: &[u8]| {
+        let mut all = vec!["--host-pid", host_pid_static(), "--user", user, "localhost"];
+        all.extend_from_slice(args);
+        run(&me, &all, stdin)
+    };
+    // A home that exists only on the host (the helper image has no /home/core).
+    let out = as_user(
+        "core",
+        &[
+            "--",
+            "sh",
+            "-c",
+            "id -u; id -g; pwd; echo $HOME $USER $SHELL",
+        ],
         b"",
     );
-    env.kubelet.set_pod_network(env.cluster, true);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "1500\n1500\n/home/core\n/home/core core /bin/bash\n"
+    );
+    // No command: the user's login shell, which only the host has.
+    let out = as_user("core", &[], b"echo shell=$0; pwd\n");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "shell=/bin/bash\n/home/core\n");
+    // A home behind an absolute symlink is followed on the host, not in the helper image.
+    let out = as_user("ec2-user", &["--", "sh", "-c", "pwd; echo $HOME"], b"");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "/home/real/ec2-user\n/home/ec2-user\n");
+    // A missing home: /, with a note, as login(1) does.
+    let out = as_user("gone", &["--", "sh", "-c", "pwd; echo $HOME"], b"");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "/\n/\n");
+    assert!(
+        text(&out.stderr).contains("home directory /home/gone of gone does not exist on the host"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(helper_pods("nodegate-system", "node-user-op").is_empty());
+}
+
+/// [`host_pid`], for closures that borrow it.
+fn host_pid_static() -> &'static str {
+    static PID: OnceLock<String> = OnceLock::new();
+    PID.get_or_init(host_pid)
+}
+
+#[test]
+fn any_image_with_sh_and_nsenter_works_without_tmp_and_with_a_read_only_root() {
+    // busybox alone: no /tmp, no /etc; node-exec runs it with readOnlyRootFilesystem.
+    let me = operator("bare-image-op");
+    let out = run(
+        &me,
+        &[
+            "--image",
+            BARE_IMAGE,
+            "--host-pid",
+            &host_pid(),
+            "--user",
+            "core",
+            "localhost",
+            "--",
+            "sh",
+            "-c",
+            "cat; pwd; id -u",
+        ],
+        b"piped through\n",
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "piped through\n/home/core\n1500\n");
+    assert!(helper_pods("nodegate-system", "bare-image-op").is_empty());
+}
+
+#[test]
+fn a_node_whose_kubelet_stopped_reporting_is_refused_at_once() {
+    let cluster = env().cluster;
+    cluster.create_node("silent-node");
+    cluster.patch_node_status(
+        "silent-node",
+        &serde_json::json!({"status": {"conditions": [
+            {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+             "message": "Kubelet stopped posting node status.",
+             "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}
+        ]}}),
+    );
+    let me = operator("silent-op");
+    let out = run(&me, &["silent-node", "--", "true"], b"");
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("node silent-node: its kubelet is not reporting (it last reported")
+            && stderr.contains("at 2026-01-01T00:00:00Z"),
+        "{stderr}"
+    );
+    assert!(helper_pods("nodegate-system", "silent-op").is_empty());
+}
+
+#[test]
+fn a_node_that_looks_ready_but_whose_kubelet_never_takes_the_pod_is_said_so() {
+    let cluster = env().cluster;
+    // Ready as far as the API knows (the kubelet died a moment ago), but nothing runs pods.
+    cluster.create_node("stale-node");
+    cluster.patch_node_status(
+        "stale-node",
+        &serde_json::json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "KubeletReady",
+             "message": "kubelet is posting ready status",
+             "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}
+        ]}}),
+    );
+    let me = operator("stale-op");
+    let out = run(
+        &me,
+        &["--start-timeout", "5s", "stale-node", "--", "true"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("did not start within 5s (the kubelet on stale-node never took it up"),
+        "{stderr}"
+    );
+    assert!(helper_pods("nodegate-system", "stale-op").is_empty());
+}
+
+#[test]
+fn a_cluster_that_refuses_the_critical_priority_still_gets_a_helper_with_a_warning() {
+    let env = env();
+    let namespace = "nodegate-no-critical";
+    // A quota of zero critical pods, as some providers keep them in kube-system.
+    env.cluster.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {namespace}}}
+---
+apiVersion: v1
+kind: ResourceQuota
+metadata: {{name: no-critical-pods, namespace: {namespace}}}
+spec:
+  hard: {{pods: "0"}}
+  scopeSelector:
+    matchExpressions:
+    - {{scopeName: PriorityClass, operator: In, values: [system-node-critical, system-cluster-critical]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: operators-helper-pods, namespace: {namespace}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: nodegate-node-exec-helper-pods}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: {OPERATORS}}}]
+"#
+    ));
+    env.cluster.wait_for_default_service_account(namespace);
+    let me = operator("no-critical-op");
+    let out = run(
+        &me,
+        &[
+            "--helper-namespace",
+            namespace,
+            "--host-pid",
+            &host_pid(),
+            "localhost",
+            "--",
+            "hostname",
+        ],
+        b"",
+    );
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "stderr: {stderr}");
     assert_eq!(text(&out.stdout).trim(), STAND_IN_HOSTNAME);
     assert!(
-        stderr.contains("node localhost is not ready only because its pod network is down"),
+        stderr.contains(&format!(
+            "the cluster refused priority class system-node-critical for helper pods in {namespace}"
+        )) && stderr.contains("going on without it"),
         "{stderr}"
     );
-    assert!(helper_pods("nodegate-system", "network-down-op").is_empty());
+    assert!(helper_pods(namespace, "no-critical-op").is_empty());
 }

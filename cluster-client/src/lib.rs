@@ -136,10 +136,10 @@ pub enum Error {
     /// The helper pod ended (rejected by the kubelet, deadline, or deleted) before it ran.
     #[error("the helper pod ended before it ran: {0}")]
     HelperEnded(String),
-    /// The helper pod ended (rejected by the kubelet, e.g. under memory or disk pressure)
+    /// The helper pod ended (rejected by the kubelet, e.g. under disk or PID pressure)
     /// after the cluster refused its priority class, which would have let it in.
     #[error(
-        "the helper pod ended before it ran: {why}; it ran without priority class {class}, which the cluster refused ({refusal}), so a node under memory or disk pressure may reject it: ask a cluster admin to allow {class} in namespace {namespace}"
+        "the helper pod ended before it ran: {why}; it ran without priority class {class}, which the cluster refused ({refusal}), and a node under disk or PID pressure rejects pods without it: ask a cluster admin to allow {class} in namespace {namespace}"
     )]
     HelperEndedWithoutPriority {
         /// Why it ended.
@@ -215,14 +215,6 @@ pub enum Error {
 impl From<kube::config::KubeconfigError> for Error {
     fn from(error: kube::config::KubeconfigError) -> Self {
         Self::Kubeconfig {
-            reason: describe_error_chain(&error, &|_| None),
-        }
-    }
-}
-
-impl From<kube::config::InferConfigError> for Error {
-    fn from(error: kube::config::InferConfigError) -> Self {
-        Self::Infer {
             reason: describe_error_chain(&error, &|_| None),
         }
     }

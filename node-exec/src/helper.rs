@@ -62,7 +62,7 @@ const SCRATCH_VOLUME: &str = "scratch";
 /// Its size limit: it only ever holds a fifo.
 const SCRATCH_SIZE: &str = "1Mi";
 
-/// The priority class of helper pods: a node under memory or disk pressure still admits a
+/// The priority class of helper pods: a node under disk, PID or memory pressure still admits a
 /// critical pod and evicts it last, and a node in trouble is when node-exec is needed. Where the
 /// cluster refuses it (e.g. a ResourceQuota that keeps critical pods in kube-system), the
 /// lifecycle goes on without it and says so.

@@ -279,7 +279,11 @@ async fn check_node_ready(client: &Client, node: &str) -> anyhow::Result<Option<
         }
         Err(error) => return Err(error).context(format!("reading node {node}")),
     };
-    readiness_verdict(node, &helper_pod::node_readiness(&found), chrono::Utc::now())
+    readiness_verdict(
+        node,
+        &helper_pod::node_readiness(&found),
+        chrono::Utc::now(),
+    )
 }
 
 /// What node-exec does with a node's readiness: go on (with a note, when not Ready), or refuse.

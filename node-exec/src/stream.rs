@@ -2,7 +2,7 @@
 //!
 //! With a terminal: raw mode, window size changes forwarded, stdout and stderr merged by the
 //! remote terminal. Without one: stdout and stderr kept apart, and stdin *framed*: the WebSocket
-//! protocol v4 (Kubernetes before 1.29) cannot close stdin alone, only the whole connection, so
+//! protocol v4 (API servers before 1.30, and kube-rs does not tell which one it got) cannot close stdin alone, only the whole connection, so
 //! stdin goes base64-encoded, one chunk a line, with a line `.` for its end, and the helper script
 //! decodes it (see `helper.sh`).
 

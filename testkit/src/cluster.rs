@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::pki::{Pki, Validity};
+use crate::pki::{IssuedCert, Pki, Validity};
 use crate::process::{Daemon, Scratch, free_port, wait_until};
 
 /// Where `testkit/install-deps` caches the Kubernetes server binaries.
@@ -35,6 +35,7 @@ pub struct Cluster {
     pub pki: Pki,
     server: String,
     admin: PathBuf,
+    admin_cert: IssuedCert,
     apiserver_args: Vec<OsString>,
     apiserver: Mutex<Option<Daemon>>,
     controller_manager: Mutex<Option<Daemon>>,
@@ -127,6 +128,7 @@ impl Cluster {
             pki,
             server,
             admin,
+            admin_cert,
             apiserver_args,
             apiserver: Mutex::new(None),
             controller_manager: Mutex::new(None),
@@ -346,6 +348,36 @@ impl Cluster {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Applies a strategic merge patch to the status of Node `name` as the admin (conditions
+    /// merge by type), e.g. to give a condition another message. With `curl`, because kubectl
+    /// before 1.24 cannot patch a subresource. A kubelet on that node writes its own view back
+    /// at its next status update (within about 10 s).
+    pub fn patch_node_status(&self, name: &str, patch: &serde_json::Value) {
+        let out = Command::new("curl")
+            .args(["--silent", "--show-error", "--fail", "--request", "PATCH"])
+            .arg("--cacert")
+            .arg(self.pki.ca_cert())
+            .arg("--cert")
+            .arg(&self.admin_cert.cert)
+            .arg("--key")
+            .arg(&self.admin_cert.key)
+            .args([
+                "--header",
+                "Content-Type: application/strategic-merge-patch+json",
+                "--data-binary",
+                &patch.to_string(),
+            ])
+            .arg(format!("{}/api/v1/nodes/{name}/status", self.server))
+            .output()
+            .expect("run curl");
+        assert!(
+            out.status.success(),
+            "patching the status of node {name} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 
     /// Sets (or with `None` removes) one annotation on Node `name` as the admin, bypassing

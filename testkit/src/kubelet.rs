@@ -462,6 +462,7 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
 /// the machine's static busybox with a symlink per applet, test users, `/tmp`.
 pub fn build_test_image(work: &Path, tarball: &Path) {
     let rootfs = work.join("rootfs");
+    add_busybox(&rootfs);
     for sub in [
         "bin",
         "etc",
@@ -477,6 +478,34 @@ pub fn build_test_image(work: &Path, tarball: &Path) {
     }
     fs::set_permissions(rootfs.join("tmp"), fs::Permissions::from_mode(0o1777))
         .expect("chmod /tmp");
+    let passwd: String = TEST_USERS
+        .iter()
+        .map(|(name, uid, gid, home)| format!("{name}:x:{uid}:{gid}:{name}:{home}:/bin/sh\n"))
+        .collect();
+    fs::write(rootfs.join("etc/passwd"), passwd).expect("write passwd");
+    fs::write(rootfs.join("etc/group"), TEST_GROUPS).expect("write group");
+    for (_, uid, gid, home) in TEST_USERS.iter().filter(|u| u.3.starts_with("/home/")) {
+        std::os::unix::fs::chown(rootfs.join(&home[1..]), Some(*uid), Some(*gid))
+            .expect("chown home");
+    }
+    pack_image(work, &rootfs, TEST_IMAGE, tarball);
+}
+
+/// An image with nothing but busybox: no `/tmp`, no `/etc` (so no users), for helpers that must
+/// not depend on their image's layout.
+pub const BARE_IMAGE: &str = "localhost/busybox-bare:1";
+
+/// Builds [`BARE_IMAGE`] as an OCI image tarball at `tarball` (import it with
+/// [`Kubelet::import_image`]), using `work` as a workspace.
+pub fn build_bare_image(work: &Path, tarball: &Path) {
+    let rootfs = work.join("rootfs");
+    add_busybox(&rootfs);
+    pack_image(work, &rootfs, BARE_IMAGE, tarball);
+}
+
+/// The machine's static busybox as `/bin/busybox` of `rootfs`, with a symlink per applet.
+fn add_busybox(rootfs: &Path) {
+    fs::create_dir_all(rootfs.join("bin")).expect("create rootfs /bin");
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(Path::new)
@@ -493,23 +522,16 @@ pub fn build_test_image(work: &Path, tarball: &Path) {
             symlink("busybox", link).expect("applet symlink");
         }
     }
-    let passwd: String = TEST_USERS
-        .iter()
-        .map(|(name, uid, gid, home)| format!("{name}:x:{uid}:{gid}:{name}:{home}:/bin/sh\n"))
-        .collect();
-    fs::write(rootfs.join("etc/passwd"), passwd).expect("write passwd");
-    fs::write(rootfs.join("etc/group"), TEST_GROUPS).expect("write group");
-    for (_, uid, gid, home) in TEST_USERS.iter().filter(|u| u.3.starts_with("/home/")) {
-        std::os::unix::fs::chown(rootfs.join(&home[1..]), Some(*uid), Some(*gid))
-            .expect("chown home");
-    }
+}
 
+/// Packs `rootfs` as a one-layer OCI image named `name` into the tarball `tarball`.
+fn pack_image(work: &Path, rootfs: &Path, name: &str, tarball: &Path) {
     let blobs = work.join("oci/blobs/sha256");
     fs::create_dir_all(&blobs).expect("create blobs dir");
     let layer = work.join("layer.tar");
     run(Command::new("tar")
         .args(["--numeric-owner", "--sort=name", "-C"])
-        .arg(&rootfs)
+        .arg(rootfs)
         .arg("-cf")
         .arg(&layer)
         .arg("."));
@@ -542,8 +564,8 @@ pub fn build_test_image(work: &Path, tarball: &Path) {
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": format!("sha256:{}", manifest_digest.0), "size": manifest_digest.1,
             "annotations": {
-                "io.containerd.image.name": TEST_IMAGE,
-                "org.opencontainers.image.ref.name": "1",
+                "io.containerd.image.name": name,
+                "org.opencontainers.image.ref.name": name.rsplit_once(':').map_or("latest", |(_, tag)| tag),
             },
         }],
     });

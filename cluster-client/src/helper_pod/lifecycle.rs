@@ -167,7 +167,10 @@ async fn create(
     pod: &Pod,
     progress: &dyn Progress,
 ) -> Result<(Pod, Option<(String, String)>), Error> {
-    let class = pod.spec.as_ref().and_then(|s| s.priority_class_name.clone());
+    let class = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.priority_class_name.clone());
     let first = match pods.create(&PostParams::default(), pod).await {
         Ok(created) => return Ok((created, None)),
         Err(error) => error,
@@ -185,9 +188,9 @@ async fn create(
             }
         }
     };
-    let Some(class) = class.filter(|_| {
-        status::is_refusal_of_the_request(&first) && !status::is_not_found(&first)
-    }) else {
+    let Some(class) = class
+        .filter(|_| status::is_refusal_of_the_request(&first) && !status::is_not_found(&first))
+    else {
         return Err(failed(first));
     };
     let mut plain = pod.clone();
@@ -200,7 +203,7 @@ async fn create(
                 .map(|s| s.message.clone())
                 .unwrap_or_else(|| first.to_string());
             progress.warn(&format!(
-                "the cluster refused priority class {class} for helper pods in {namespace} ({refusal}); going on without it, so a node under memory or disk pressure may reject the helper pod or evict it first"
+                "the cluster refused priority class {class} for helper pods in {namespace} ({refusal}); going on without it, so a node under disk or PID pressure may reject the helper pod, and one under memory pressure may evict it early"
             ));
             Ok((created, Some((class, refusal))))
         }

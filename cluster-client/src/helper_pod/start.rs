@@ -361,7 +361,10 @@ mod tests {
     #[test]
     fn a_pod_the_kubelet_never_took_up_is_said_so_without_the_timeout_remedy() {
         let mut seen = StartSeen::default();
-        seen.pod(&pod(serde_json::json!({"phase": "Pending"})), "pod Pending on n1");
+        seen.pod(
+            &pod(serde_json::json!({"phase": "Pending"})),
+            "pod Pending on n1",
+        );
         assert_eq!(seen.stall(), Stall::NotTakenUp);
         let timeout = Error::HelperStartTimeout {
             node: "n1".into(),
