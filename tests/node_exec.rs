@@ -191,7 +191,8 @@ fn operator(user: &str) -> PathBuf {
     kubeconfig(user, &[OPERATORS])
 }
 
-/// `node-exec` with the test image (unless `args` name another) and a clean HOME, as the user of
+/// `node-exec` with the test image and a 90 s start timeout (unless `args` name others) and a
+/// clean HOME, as the user of
 /// `kubeconfig`.
 fn node_exec(kubeconfig: &Path, args: &[&str]) -> Command {
     let env = env();
@@ -202,7 +203,10 @@ fn node_exec(kubeconfig: &Path, args: &[&str]) -> Command {
         .env_remove("KUBECONFIG")
         .arg("--kubeconfig")
         .arg(kubeconfig)
-        .args(["--image-pull-policy", "Never", "--start-timeout", "90s"]);
+        .args(["--image-pull-policy", "Never"]);
+    if !args.contains(&"--start-timeout") {
+        command.args(["--start-timeout", "90s"]);
+    }
     if !args.contains(&"--image") {
         command.args(["--image", env.kubelet.image()]);
     }
