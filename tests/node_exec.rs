@@ -499,7 +499,7 @@ fn a_user_who_may_not_exec_is_refused_before_anything_is_created() {
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("refused before creating anything")
-            && stderr.contains(&format!("create pods/exec on pod {APPS}/{TARGET_POD}")),
+            && stderr.contains(&format!("create pods/exec on pod {APPS}/{TARGET_POD} is what `kubectl exec` needs there: the pod's namespace grants it")),
         "{stderr}"
     );
     assert!(out.stdout.is_empty());

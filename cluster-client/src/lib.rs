@@ -91,8 +91,9 @@ pub enum Error {
     Denied {
         /// Each missing permission, as a phrase ("create pods/exec on pod shop/web-0").
         missing: Vec<String>,
-        /// The tool's advice: which role to ask for ([`helper_pod::Wording::denied`]).
-        advice: &'static str,
+        /// The tool's advice: which role to ask for ([`helper_pod::Wording::denied`]), and
+        /// for what the role does not give.
+        advice: String,
     },
     /// The helper namespace does not exist.
     #[error("namespace {namespace} not found: {remedy}")]

@@ -106,8 +106,9 @@ pub async fn run(cli: &Cli, settings: &Settings) -> anyhow::Result<u8> {
         ),
         Target::Pod(name) => {
             let namespace = cli.namespace.clone().unwrap_or(default_namespace);
-            permissions.insert(0, access::exec_pods(&namespace, Some(name)));
-            access::require(&client, &permissions).await?;
+            let exec_target = access::exec_pods(&namespace, Some(name));
+            permissions.insert(0, exec_target.clone());
+            access::require(&client, &permissions, Some(&exec_target)).await?;
             let (node, id, container) =
                 locate_container(&client, &namespace, name, cli.container.as_deref()).await?;
             (
@@ -118,7 +119,7 @@ pub async fn run(cli: &Cli, settings: &Settings) -> anyhow::Result<u8> {
         }
     };
     if matches!(target, Target::Node(_)) {
-        access::require(&client, &permissions).await?;
+        access::require(&client, &permissions, None).await?;
     }
     if let Some(note) = check_node_ready(&client, &node).await?
         && !cli.quiet

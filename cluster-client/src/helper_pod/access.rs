@@ -57,7 +57,7 @@ pub async fn require(
     } else {
         Err(Error::Denied {
             missing: missing.iter().map(ToString::to_string).collect(),
-            advice: tool.wording.denied,
+            advice: tool.wording.denied.to_owned(),
         })
     }
 }
@@ -84,7 +84,7 @@ mod tests {
         );
         let err = Error::Denied {
             missing: vec!["a".into(), "b".into()],
-            advice: TOOL.wording.denied,
+            advice: TOOL.wording.denied.into(),
         };
         assert_eq!(
             err.to_string(),
