@@ -73,6 +73,18 @@ pub enum Command {
     Prune(PruneArgs),
     /// Keep watching Nodes and remove grants as they expire (the in-cluster janitor).
     Janitor(JanitorArgs),
+    /// Log in to a node in one step: an ephemeral key, granted for the session, then ssh.
+    #[command(after_help = "Examples:
+  keyctl ssh node1
+  keyctl ssh node1 --user core -- journalctl -u kubelet -n 50
+  keyctl ssh node1 --key ~/.ssh/id_ed25519 -o ServerAliveInterval=30")]
+    Ssh(crate::commands::ssh::SshArgs),
+    /// Print a block for ~/.ssh/config, so that plain ssh, scp and sftp reach nodes via keyctl.
+    #[command(after_help = "Examples:
+  kubectl keyctl ssh-config >> ~/.ssh/config     # then: ssh node1.k8s
+  kubectl keyctl --context prod ssh-config --domain prod.k8s
+  kubectl keyctl ssh-config --nodes --user core")]
+    SshConfig(crate::commands::ssh_config::SshConfigArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     #[command(hide = true)]
     Completions {

@@ -36,6 +36,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List(args) => commands::list::run(&session().await?, args).await?,
         Command::Prune(args) => commands::remove::prune(&session().await?, args).await?,
         Command::Janitor(args) => commands::janitor::run(&session().await?, args).await?,
+        Command::Ssh(args) => {
+            return Ok(ExitCode::from(
+                commands::ssh::run(&cli.connection, args).await?,
+            ));
+        }
+        Command::SshConfig(args) => commands::ssh_config::run(&cli.connection, args).await?,
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,

@@ -30,8 +30,61 @@ pub enum GrantRefused {
     },
 }
 
+/// What [`write`] did: one outcome per node, and the grants it wrote on each.
+#[derive(Debug)]
+pub struct Written {
+    /// What happened on each node.
+    pub outcomes: Vec<fleet::Outcome<()>>,
+    /// The grants written (the same on every node).
+    pub grants: Vec<Grant>,
+    /// The time they were granted at (whole seconds).
+    pub now: chrono::DateTime<Utc>,
+}
+
 /// Runs `keyctl grant`. Returns whether every node succeeded.
 pub async fn run(session: &Session, args: &GrantArgs) -> anyhow::Result<bool> {
+    let Written {
+        outcomes,
+        grants,
+        now,
+    } = write(session, args).await?;
+    let user = &args.user;
+
+    let verb = if args.dry_run {
+        "would grant"
+    } else {
+        "granted"
+    };
+    let all_ok = fleet::report(&outcomes, |node, ()| {
+        grants
+            .iter()
+            .map(|g| {
+                format!(
+                    "{node}: {verb} {} as {} until {} ({})",
+                    g.key.fingerprint(),
+                    g.user,
+                    g.expiry,
+                    describe_expiry(&g.expiry, now)
+                )
+            })
+            .collect()
+    });
+    if !args.dry_run
+        && let Some(first) = outcomes.iter().find(|o| o.result.is_ok())
+    {
+        let more = if outcomes.len() > 1 {
+            " (and likewise on the other nodes)"
+        } else {
+            ""
+        };
+        println!("Log in with: ssh {}@{}{more}", user, first.node);
+    }
+    Ok(all_ok)
+}
+
+/// Everything `keyctl grant` does but printing: validation, the access check, the patches and
+/// the events (`keyctl ssh` grants through here, with its own messages).
+pub async fn write(session: &Session, args: &GrantArgs) -> anyhow::Result<Written> {
     let user = LoginUser::new(&args.user).context("--user")?;
     // Grants carry whole seconds; so must what is compared with them.
     let now = Utc::now().trunc_subsecs(0);
@@ -50,7 +103,6 @@ pub async fn run(session: &Session, args: &GrantArgs) -> anyhow::Result<bool> {
         .transpose()
         .context("--reason")?;
     let (key_path, keys) = keys::read_keys(args.key.as_deref())?;
-
     let api = session.nodes();
     let caller = session.caller().await;
     let resolved =
@@ -109,37 +161,11 @@ pub async fn run(session: &Session, args: &GrantArgs) -> anyhow::Result<bool> {
         }
     })
     .await;
-
-    let verb = if args.dry_run {
-        "would grant"
-    } else {
-        "granted"
-    };
-    let all_ok = fleet::report(&outcomes, |node, ()| {
-        grants
-            .iter()
-            .map(|g| {
-                format!(
-                    "{node}: {verb} {} as {} until {} ({})",
-                    g.key.fingerprint(),
-                    g.user,
-                    g.expiry,
-                    describe_expiry(&g.expiry, now)
-                )
-            })
-            .collect()
-    });
-    if !args.dry_run
-        && let Some(first) = outcomes.iter().find(|o| o.result.is_ok())
-    {
-        let more = if outcomes.len() > 1 {
-            " (and likewise on the other nodes)"
-        } else {
-            ""
-        };
-        println!("Log in with: ssh {}@{}{more}", user, first.node);
-    }
-    Ok(all_ok)
+    Ok(Written {
+        outcomes,
+        grants,
+        now,
+    })
 }
 
 /// What nodes (and `keyctl revoke`) will read must be exactly what was meant, so a grant is

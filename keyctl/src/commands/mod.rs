@@ -4,6 +4,8 @@ pub mod grant;
 pub mod janitor;
 pub mod list;
 pub mod remove;
+pub mod ssh;
+pub mod ssh_config;
 
 use chrono::{DateTime, Utc};
 use nodegate_core::Expiry;
