@@ -169,7 +169,10 @@ impl SshNode {
 
     /// How many logins sshd accepted so far.
     fn accepted(&self) -> usize {
-        self.sshd.log().matches("Accepted publickey for root").count()
+        self.sshd
+            .log()
+            .matches("Accepted publickey for root")
+            .count()
     }
 }
 
@@ -222,7 +225,11 @@ fn interrupted_session_leaves_no_grant(name: &str, signal: &str) {
     let logged_in = wait_until(Duration::from_secs(30), || {
         node.accepted() == 1 || child.has_exited()
     });
-    assert!(logged_in && !child.has_exited(), "no login; sshd log:\n{}", node.sshd.log());
+    assert!(
+        logged_in && !child.has_exited(),
+        "no login; sshd log:\n{}",
+        node.sshd.log()
+    );
     assert_eq!(node.grants().valid.len(), 1, "the session's grant is there");
     // Give ssh time to start the remote command.
     std::thread::sleep(Duration::from_millis(500));
@@ -352,13 +359,32 @@ fn scp_both_ways_and_exit_code(node: &SshNode, config: &Path, host: &str) {
     out.code_is(5);
     assert!(out.stdout.starts_with("on "), "{out}");
 
-    let local = node.scratch.write("payload", (0..50_000).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let local = node.scratch.write(
+        "payload",
+        (0..50_000).map(|i| (i % 251) as u8).collect::<Vec<u8>>(),
+    );
     let remote = node.scratch.join("remote-copy");
-    scp_with(config, &local.display().to_string(), &format!("{host}:{}", remote.display())).ok();
-    assert_eq!(std::fs::read(&remote).unwrap(), std::fs::read(&local).unwrap());
+    scp_with(
+        config,
+        &local.display().to_string(),
+        &format!("{host}:{}", remote.display()),
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read(&remote).expect("the copy"),
+        std::fs::read(&local).expect("the payload")
+    );
     let back = node.scratch.join("back");
-    scp_with(config, &format!("{host}:{}", remote.display()), &back.display().to_string()).ok();
-    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&local).unwrap());
+    scp_with(
+        config,
+        &format!("{host}:{}", remote.display()),
+        &back.display().to_string(),
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read(&back).expect("the copy back"),
+        std::fs::read(&local).expect("the payload")
+    );
 }
 
 #[test]
@@ -373,7 +399,10 @@ fn an_ssh_config_block_serves_plain_ssh_and_scp() {
     .ok();
 
     let block = node
-        .keyctl("ssh-alice", &["ssh-config", "kssh-config", "--absolute-path"])
+        .keyctl(
+            "ssh-alice",
+            &["ssh-config", "kssh-config", "--absolute-path"],
+        )
         .ok()
         .to_owned();
     let keyctl = workspace_bin("keyctl");
@@ -413,7 +442,9 @@ fn an_ssh_config_block_serves_plain_ssh_and_scp() {
 
     // A host key other than the node's is refused, not offered for trust.
     let other = ssh_keygen(node.scratch.path(), "not-the-host-key");
-    let wrong = node.scratch.write("wrong_known_hosts", format!("kssh-config {}", other.public));
+    let wrong = node
+        .scratch
+        .write("wrong_known_hosts", format!("kssh-config {}", other.public));
     let preamble = preamble.replace(
         &node.known_hosts.display().to_string(),
         &wrong.display().to_string(),
@@ -422,7 +453,8 @@ fn an_ssh_config_block_serves_plain_ssh_and_scp() {
     let out = ssh_with(&config, &["kssh-config", "true"]);
     out.code_is(255).says("Host key verification failed");
 
-    node.keyctl("ssh-alice", &["revoke", "kssh-config", "--all"]).ok();
+    node.keyctl("ssh-alice", &["revoke", "kssh-config", "--all"])
+        .ok();
 }
 
 /// Publishes the test sshd's host key on the node as its package's unit would.
@@ -465,13 +497,27 @@ fn the_pattern_block_with_keyctls_proxy_and_host_keys_serves_ssh_and_scp() {
     let public = format!("{}.pub", key.private.display());
     node.keyctl(
         "ssh-alice",
-        &["grant", "kssh-pattern", "--key", &public, "--expires", "10m"],
+        &[
+            "grant",
+            "kssh-pattern",
+            "--key",
+            &public,
+            "--expires",
+            "10m",
+        ],
     )
     .ok();
     let block = node
         .keyctl(
             "ssh-alice",
-            &["ssh-config", "--domain", "k8s", "--via", "direct", "--absolute-path"],
+            &[
+                "ssh-config",
+                "--domain",
+                "k8s",
+                "--via",
+                "direct",
+                "--absolute-path",
+            ],
         )
         .ok()
         .to_owned();
@@ -482,7 +528,8 @@ fn the_pattern_block_with_keyctls_proxy_and_host_keys_serves_ssh_and_scp() {
     );
     let config = ssh_config_file(&node, &preamble, &block);
     scp_both_ways_and_exit_code(&node, &config, "kssh-pattern.k8s");
-    node.keyctl("ssh-alice", &["revoke", "kssh-pattern", "--all"]).ok();
+    node.keyctl("ssh-alice", &["revoke", "kssh-pattern", "--all"])
+        .ok();
 }
 
 #[test]
@@ -495,7 +542,12 @@ fn keyctl_ssh_with_its_own_proxy_and_host_keys() {
     cmd.arg("--kubeconfig")
         .arg(kubeconfig("ssh-alice"))
         .args(["ssh", "kssh-own-proxy", "--via", "direct"])
-        .args(["-o", &format!("Port={}", node.sshd.port), "-o", "BatchMode=yes"])
+        .args([
+            "-o",
+            &format!("Port={}", node.sshd.port),
+            "-o",
+            "BatchMode=yes",
+        ])
         .args(["--", "sh", "-c", "exit 7"])
         .env("TMPDIR", &node.tmp)
         .stdin(Stdio::null());

@@ -138,8 +138,13 @@ fn by_hand(bench: &Bench, run: usize) -> (Duration, Duration) {
         ));
         ssh.args(["-o", "UserKnownHostsFile=/dev/null"]);
     }
-    ssh.args(["-o", &format!("HostKeyAlias={NODE}"), "-o", "StrictHostKeyChecking=yes"])
-        .args(["--", NODE, "echo x"]);
+    ssh.args([
+        "-o",
+        &format!("HostKeyAlias={NODE}"),
+        "-o",
+        "StrictHostKeyChecking=yes",
+    ])
+    .args(["--", NODE, "echo x"]);
     let (first, _) = first_byte(&mut ssh, started);
     bench.run_ok(bench.keyctl().args(["revoke", NODE, "--key"]).arg(&public));
     let _ = std::fs::remove_file(&private);
@@ -185,8 +190,8 @@ fn main() {
         "sshd",
         &KeySource::authorized_keys_cmd(program, &config),
     );
-    let host_key = std::fs::read_to_string(scratch.join("sshd/ssh_host_ed25519_key.pub"))
-        .expect("host key");
+    let host_key =
+        std::fs::read_to_string(scratch.join("sshd/ssh_host_ed25519_key.pub")).expect("host key");
     let known_hosts = scratch.write("known_hosts", format!("{NODE} {}", host_key.trim()));
     if via.is_some() {
         // keyctl proxy --via direct needs an address; known-hosts needs the published keys.
@@ -198,7 +203,11 @@ fn main() {
             .arg(scratch.join("sshd"))
             .output()
             .expect("publish-host-keys");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         cluster.patch_node_status(
             NODE,
             &serde_json::json!({"status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}}),

@@ -22,7 +22,7 @@ use nodegate_core::{Expiry, Fingerprint, Grant, GrantKey, LoginUser, NodeGrants}
 use crate::cli::{Connection, GrantArgs, NodeSelection};
 use crate::commands::remove::{Choice, remove_from_node};
 use crate::commands::ssh_config::{
-    self, HOST_KEY_OPTIONS, Program, Via, command_word, identity_file_word, keyctl_words,
+    self, HOST_KEY_OPTIONS, Program, Via, identity_file_word, keyctl_words,
 };
 use crate::commands::{describe_expiry, grant};
 use crate::events::{AuditTrail, GrantChange};
@@ -45,7 +45,13 @@ pub struct SshArgs {
     #[arg(value_name = "NODE")]
     pub node: String,
     /// The login user on the node.
-    #[arg(short, long, short_alias = 'l', default_value = "root", value_name = "LOGIN")]
+    #[arg(
+        short,
+        long,
+        short_alias = 'l',
+        default_value = "root",
+        value_name = "LOGIN"
+    )]
     pub user: String,
     /// When the grant ends if keyctl cannot revoke it (it is revoked when ssh ends): a
     /// duration or a time, at most 12h.
@@ -107,7 +113,8 @@ pub fn ssh_argv(plan: &SshPlan) -> Vec<OsString> {
     for option in &plan.user_options {
         args.extend(["-o".into(), option.clone()]);
     }
-    let mut option = |name: &str, value: String| args.extend(["-o".into(), format!("{name}={value}")]);
+    let mut option =
+        |name: &str, value: String| args.extend(["-o".into(), format!("{name}={value}")]);
     option(
         "ProxyCommand",
         ssh_config::proxy_command(&plan.keyctl, None, plan.via, &plan.node, "%p"),
@@ -385,7 +392,7 @@ pub async fn run(connection: &Connection, args: &SshArgs) -> anyhow::Result<u8> 
     // An unexpired grant of the operator's own key is theirs: used, and left in place.
     let existing = match &own_key {
         Some((_, public)) => {
-            let (_, keys) = crate::keys::read_keys(Some(public))?;
+            let (_, keys) = crate::keys::read_keys(Some(public.as_path()))?;
             let grants = NodeGrants::scan(&session.prefix, nodes::annotations(meta));
             grants
                 .usable_for(&user, now)
@@ -394,6 +401,12 @@ pub async fn run(connection: &Connection, args: &SshArgs) -> anyhow::Result<u8> 
         }
         None => None,
     };
+
+    let interrupted = signals.got.load(Ordering::SeqCst);
+    if interrupted != 0 {
+        say.progress("interrupted; nothing was granted");
+        return Ok(u8::try_from(128 + interrupted).unwrap_or(255));
+    }
 
     let ephemeral = match &own_key {
         Some(_) => None,
@@ -502,47 +515,41 @@ async fn run_ssh(plan: &SshPlan, signals: &Signals, say: &Say) -> anyhow::Result
     let early = signals.got.load(Ordering::SeqCst);
     if early != 0
         && let (Some(pid), Some(signal)) = (
-            child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)),
+            child
+                .id()
+                .and_then(|p| rustix::process::Pid::from_raw(p as i32)),
             rustix::process::Signal::from_named_raw(early),
         )
     {
         let _ = rustix::process::kill_process(pid, signal);
     }
     loop {
-        tokio::select! {
-            status = child.wait() => {
+        // `wait` is cancel-safe: every 200 ms, a look at whether a signal came.
+        match tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
+            Ok(status) => {
                 signals.ssh_pid.store(0, Ordering::SeqCst);
                 return Ok(status?);
             }
-            () = tokio::time::sleep(Duration::from_millis(200)) => {
-                if signals.got.load(Ordering::SeqCst) != 0 {
-                    match tokio::time::timeout(SSH_GRACE, child.wait()).await {
-                        Ok(status) => {
-                            signals.ssh_pid.store(0, Ordering::SeqCst);
-                            return Ok(status?);
-                        }
-                        Err(_) => {
-                            say.error("ssh did not end after the signal; stopping it");
-                            signals.ssh_pid.store(0, Ordering::SeqCst);
-                            let _ = child.start_kill();
-                            return Ok(child.wait().await?);
-                        }
-                    }
-                }
-            }
+            Err(_) if signals.got.load(Ordering::SeqCst) != 0 => break,
+            Err(_) => {}
         }
     }
+    let status = match tokio::time::timeout(SSH_GRACE, child.wait()).await {
+        Ok(status) => status?,
+        Err(_) => {
+            say.error("ssh did not end after the signal; stopping it");
+            signals.ssh_pid.store(0, Ordering::SeqCst);
+            let _ = child.start_kill();
+            child.wait().await?
+        }
+    };
+    signals.ssh_pid.store(0, Ordering::SeqCst);
+    Ok(status)
 }
 
 /// Revokes the session's grant on `node`; says what happened, and returns whether no grant of
 /// the session is left.
-async fn revoke(
-    session: &Session,
-    caller: &str,
-    node: &str,
-    grants: &[Grant],
-    say: &Say,
-) -> bool {
+async fn revoke(session: &Session, caller: &str, node: &str, grants: &[Grant], say: &Say) -> bool {
     let work = async {
         let api = session.nodes();
         let trail = AuditTrail::new(session.client.clone(), caller, grant::hostname());
@@ -659,7 +666,11 @@ mod tests {
             .map(|a| a.into_string().unwrap())
             .collect();
         assert_eq!(argv.last().unwrap(), "node1");
-        assert!(argv.contains(&"ProxyCommand=/usr/bin/keyctl --context 'a b' proxy node1 %p".to_owned()));
+        assert!(
+            argv.contains(
+                &"ProxyCommand=/usr/bin/keyctl --context 'a b' proxy node1 %p".to_owned()
+            )
+        );
     }
 
     #[test]
@@ -715,8 +726,10 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(key.dir()), 0o700);
         assert_eq!(mode(&key.private), 0o600);
-        let parsed = public_key_line(&key.public).unwrap();
-        assert!(parsed.to_string().starts_with("ssh-ed25519 "), "{parsed}");
+        let public = std::fs::read_to_string(&key.public).unwrap();
+        assert!(public.starts_with("ssh-ed25519 "), "{public}");
+        assert!(public.trim_end().ends_with(" keyctl-ssh@node1"), "{public}");
+        public_key_line(&key.public).unwrap();
         let private = std::fs::read_to_string(&key.private).unwrap();
         assert!(private.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
         let dir = key.dir().to_owned();

@@ -371,10 +371,7 @@ mod tests {
         let mut other_prefix = connection(None, None);
         other_prefix.prefix = AnnotationPrefix::new("ssh.example.com").unwrap();
         let words = keyctl_words(&Program::KubectlPlugin, &other_prefix).unwrap();
-        assert_eq!(
-            words,
-            ["kubectl", "keyctl", "--prefix", "ssh.example.com"]
-        );
+        assert_eq!(words, ["kubectl", "keyctl", "--prefix", "ssh.example.com"]);
         assert!(keyctl_words(&Program::KubectlPlugin, &connection(None, Some("it's"))).is_err());
     }
 
@@ -407,27 +404,45 @@ mod tests {
         let spec = ConfigSpec {
             hosts: Hosts::Nodes(vec!["node1".into(), "ip-10-0-3-17.ec2.internal".into()]),
             user: None,
-            keyctl: vec!["/usr/local/bin/keyctl".into(), "--context".into(), "prod".into()],
+            keyctl: vec![
+                "/usr/local/bin/keyctl".into(),
+                "--context".into(),
+                "prod".into(),
+            ],
             via: Some(Via::Api),
         };
         let text = render(&spec);
-        assert!(text.contains(
-            "Host node1
+        assert!(
+            text.contains(
+                "Host node1
     HostName node1
     HostKeyAlias node1
     ProxyCommand /usr/local/bin/keyctl --context prod proxy --via api %h %p
     KnownHostsCommand /usr/local/bin/keyctl --context prod known-hosts %H
     StrictHostKeyChecking yes
 "
-        ), "{text}");
-        assert!(text.contains("Host ip-10-0-3-17.ec2.internal\n    HostName ip-10-0-3-17.ec2.internal\n"));
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "Host ip-10-0-3-17.ec2.internal\n    HostName ip-10-0-3-17.ec2.internal\n"
+            )
+        );
         assert!(!text.contains("User "), "{text}");
     }
 
     #[test]
     fn names_and_domains_are_validated() {
         assert!(validate_nodes(&["node1".into(), "a.b-c".into()]).is_ok());
-        for bad in ["Node1", "node1 ProxyCommand x", "-x", "a_b", "", "a\nHost *"] {
+        for bad in [
+            "Node1",
+            "node1 ProxyCommand x",
+            "-x",
+            "a_b",
+            "",
+            "a\nHost *",
+        ] {
             assert!(validate_nodes(&[bad.into()]).is_err(), "{bad:?}");
         }
         assert_eq!(validate_domain(".k8s").unwrap(), "k8s");
