@@ -385,6 +385,29 @@ fn scp_both_ways_and_exit_code(node: &SshNode, config: &Path, host: &str) {
         std::fs::read(&back).expect("the copy back"),
         std::fs::read(&local).expect("the payload")
     );
+    // sftp, on the same block (scp above speaks SFTP too, as OpenSSH 9 does by default).
+    let batch = node.scratch.write(
+        "sftp-batch",
+        format!(
+            "get {} {}\n",
+            remote.display(),
+            node.scratch.join("sftp-copy").display()
+        ),
+    );
+    Checked::run(
+        Command::new("sftp")
+            .arg("-F")
+            .arg(config)
+            .arg("-b")
+            .arg(&batch)
+            .arg(host)
+            .stdin(Stdio::null()),
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read(node.scratch.join("sftp-copy")).expect("the sftp copy"),
+        std::fs::read(&local).expect("the payload")
+    );
 }
 
 #[test]

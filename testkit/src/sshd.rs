@@ -170,6 +170,7 @@ StrictModes no
 MaxStartups 200
 MaxSessions 200
 LogLevel VERBOSE
+Subsystem sftp /usr/lib/openssh/sftp-server
 {key_lines}",
             host_key = host_key.display(),
             pid = dir.join("sshd.pid").display(),
