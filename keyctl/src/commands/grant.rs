@@ -30,7 +30,7 @@ pub enum GrantRefused {
     },
 }
 
-/// What [`write`] did: one outcome per node, and the grants it wrote on each.
+/// What [`write()`] did: one outcome per node, and the grants it wrote on each.
 #[derive(Debug)]
 pub struct Written {
     /// What happened on each node.
