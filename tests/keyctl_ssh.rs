@@ -385,6 +385,21 @@ fn scp_both_ways_and_exit_code(node: &SshNode, config: &Path, host: &str) {
         std::fs::read(&back).expect("the copy back"),
         std::fs::read(&local).expect("the payload")
     );
+    // rsync -e ssh, on the same block.
+    let synced = node.scratch.join("rsync-copy");
+    Checked::run(
+        Command::new("rsync")
+            .arg("-e")
+            .arg(format!("ssh -F {}", config.display()))
+            .arg(format!("{host}:{}", remote.display()))
+            .arg(&synced)
+            .stdin(Stdio::null()),
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read(&synced).expect("the rsync copy"),
+        std::fs::read(&local).expect("the payload")
+    );
     // sftp, on the same block (scp above speaks SFTP too, as OpenSSH 9 does by default).
     let batch = node.scratch.write(
         "sftp-batch",
