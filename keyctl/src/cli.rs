@@ -73,6 +73,14 @@ pub enum Command {
     Prune(PruneArgs),
     /// Keep watching Nodes and remove grants as they expire (the in-cluster janitor).
     Janitor(JanitorArgs),
+    /// Print a node's published SSH host keys as known_hosts lines (for ssh's KnownHostsCommand).
+    #[command(after_help = "In ~/.ssh/config (keyctl ssh-config writes this):
+  Host *.k8s
+      KnownHostsCommand kubectl keyctl known-hosts --domain k8s %H
+      StrictHostKeyChecking yes
+Prints only the lines of keys the node published (authorized-keys-cmd publish-host-keys),
+their host field exactly HOST; exit status 1 and nothing printed when it published none.")]
+    KnownHosts(KnownHostsArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     #[command(hide = true)]
     Completions {
@@ -189,6 +197,17 @@ pub struct PruneArgs {
     /// Show what would be removed, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `keyctl known-hosts`.
+#[derive(Debug, Args)]
+pub struct KnownHostsArgs {
+    /// The host as ssh looks it up (`%H`): NODE, NODE.DOMAIN, [NODE.DOMAIN]:PORT, or a HostKeyAlias.
+    #[arg(value_name = "HOST")]
+    pub host: String,
+    /// Remove a trailing .DOMAIN from HOST to get the node name (e.g. k8s for node1.k8s).
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
 }
 
 /// `keyctl janitor`.

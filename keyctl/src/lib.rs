@@ -36,6 +36,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List(args) => commands::list::run(&session().await?, args).await?,
         Command::Prune(args) => commands::remove::prune(&session().await?, args).await?,
         Command::Janitor(args) => commands::janitor::run(&session().await?, args).await?,
+        Command::KnownHosts(args) => commands::known_hosts::run(&session().await?, args).await?,
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,
