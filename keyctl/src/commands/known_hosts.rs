@@ -35,6 +35,16 @@ pub enum KnownHostsError {
         /// ssh's `%H`.
         host: String,
     },
+    /// The caller may not read the Node.
+    #[error(
+        "not allowed to read node {node} for its host keys ({message}): known-hosts needs get on nodes, which the ClusterRole nodegate-keyctl-viewer (packaging/rbac/keyctl-viewer.yaml) or nodegate-keyctl-granter gives; ask a cluster admin to bind one to you"
+    )]
+    Forbidden {
+        /// The Node name.
+        node: String,
+        /// The API server's message.
+        message: String,
+    },
     /// The Node publishes no host key.
     #[error("node {node} publishes no SSH host keys, so its host key cannot be verified: {NO_KEYS_HELP}")]
     NoKeys {
@@ -63,6 +73,15 @@ pub async fn run(session: &Session, args: &KnownHostsArgs) -> anyhow::Result<boo
             return Err(KnownHostsError::UnknownNode {
                 node: node.to_owned(),
                 host: args.host.clone(),
+            }
+            .into());
+        }
+        Err(error) if status::is_forbidden(&error) => {
+            return Err(KnownHostsError::Forbidden {
+                node: node.to_owned(),
+                message: status::api_status(&error)
+                    .map(|s| s.message.clone())
+                    .unwrap_or_default(),
             }
             .into());
         }
