@@ -121,33 +121,55 @@ pub struct Published {
     pub removed: Vec<String>,
     /// Every name published, with the key's fingerprint.
     pub keys: Vec<String>,
+    /// Key files left out, with the reason.
+    pub skipped: Vec<String>,
 }
 
 impl std::fmt::Display for Published {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.set.is_empty() && self.removed.is_empty() {
-            return write!(
+            write!(
                 f,
                 "the host keys on Node {} are up to date ({}); nothing changed",
                 self.node,
                 self.keys.join(", ")
-            );
+            )?;
+        } else {
+            write!(
+                f,
+                "published host keys on Node {}: {}",
+                self.node,
+                self.keys.join(", ")
+            )?;
+            if !self.set.is_empty() {
+                write!(f, "; set {}", self.set.join(", "))?;
+            }
+            if !self.removed.is_empty() {
+                write!(f, "; removed {}", self.removed.join(", "))?;
+            }
         }
-        write!(f, "published host keys on Node {}: {}", self.node, self.keys.join(", "))?;
-        if !self.set.is_empty() {
-            write!(f, "; set {}", self.set.join(", "))?;
-        }
-        if !self.removed.is_empty() {
-            write!(f, "; removed {}", self.removed.join(", "))?;
+        if !self.skipped.is_empty() {
+            write!(f, "; left out {}", self.skipped.join("; "))?;
         }
         Ok(())
     }
 }
 
+/// The host keys found in a directory, and the files left out because their type cannot be
+/// published (a DSA key, RSA below 2048 bits), each with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundHostKeys {
+    /// What will be published.
+    pub keys: NodeHostKeys,
+    /// `FILE: reason` of each file left out.
+    pub skipped: Vec<String>,
+}
+
 /// Reads the host keys in `dir`: `ssh_host_*_key.pub` and `ssh_host_*_key-cert.pub`. Every file
 /// of those names must be a valid host key or host certificate: a broken one stops publishing
-/// rather than silently publishing less.
-pub fn read_host_keys(dir: &Path) -> Result<NodeHostKeys, PublishError> {
+/// rather than silently publishing less. Only keys of a type the format does not take (DSA,
+/// short RSA) are left out, and said so.
+pub fn read_host_keys(dir: &Path) -> Result<FoundHostKeys, PublishError> {
     let entries = std::fs::read_dir(dir).map_err(|source| PublishError::ReadDir {
         dir: dir.to_owned(),
         source,
@@ -166,18 +188,21 @@ pub fn read_host_keys(dir: &Path) -> Result<NodeHostKeys, PublishError> {
         }
     }
     names.sort();
-    let (mut keys, mut certificates) = (Vec::new(), Vec::new());
+    let (mut keys, mut certificates, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
     for name in names {
         let path = dir.join(&name);
         let text = read_small(&path)?;
-        let bad = |error| PublishError::BadFile {
-            path: path.clone(),
-            error,
-        };
-        if name.ends_with("-cert.pub") {
-            certificates.push(HostCertificate::from_cert_file(&text).map_err(bad)?);
+        let parsed = if name.ends_with("-cert.pub") {
+            HostCertificate::from_cert_file(&text).map(|c| certificates.push(c))
         } else {
-            keys.push(HostKey::from_pub_file(&text).map_err(bad)?);
+            HostKey::from_pub_file(&text).map(|k| keys.push(k))
+        };
+        match parsed {
+            Ok(()) => {}
+            Err(error @ (HostKeyError::UnsupportedType { .. } | HostKeyError::WeakRsa { .. })) => {
+                skipped.push(format!("{name}: {error}"));
+            }
+            Err(error) => return Err(PublishError::BadFile { path, error }),
         }
     }
     if keys.is_empty() && certificates.is_empty() {
@@ -185,10 +210,13 @@ pub fn read_host_keys(dir: &Path) -> Result<NodeHostKeys, PublishError> {
             dir: dir.to_owned(),
         });
     }
-    NodeHostKeys::for_publishing(keys, certificates).map_err(|error| PublishError::Inconsistent {
-        dir: dir.to_owned(),
-        error,
-    })
+    let keys = NodeHostKeys::for_publishing(keys, certificates).map_err(|error| {
+        PublishError::Inconsistent {
+            dir: dir.to_owned(),
+            error,
+        }
+    })?;
+    Ok(FoundHostKeys { keys, skipped })
 }
 
 fn read_small(path: &Path) -> Result<String, PublishError> {
@@ -245,7 +273,10 @@ pub fn merge_patch(
 /// `publish-host-keys`: reads the host keys, compares them with what the own Node publishes,
 /// and patches the difference.
 pub fn publish(settings: &Settings, dir: &Path) -> Result<Published, PublishError> {
-    let found = read_host_keys(dir)?;
+    let FoundHostKeys {
+        keys: found,
+        skipped,
+    } = read_host_keys(dir)?;
     let credentials = load_credentials(settings)?;
     let node = node_name(settings, &credentials)?;
     let forbidden = |action| PublishError::Forbidden {
@@ -283,6 +314,7 @@ pub fn publish(settings: &Settings, dir: &Path) -> Result<Published, PublishErro
             set: Vec::new(),
             removed: Vec::new(),
             keys,
+            skipped,
         });
     };
     send_patch(&credentials, &node, &patch).map_err(|e| match e {
@@ -294,6 +326,7 @@ pub fn publish(settings: &Settings, dir: &Path) -> Result<Published, PublishErro
         set,
         removed,
         keys,
+        skipped,
     })
 }
 
@@ -353,6 +386,8 @@ mod tests {
     const OTHER: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB8MAQSklsTyobe0K9vcOUQvIY3r3GeulEhLg/24fBw9";
 
+    const DSA: &str = "ssh-dss AAAAB3NzaC1kc3MAAACBANw9iSUO2UYhFMssjUgW46URqv8bBrDgHeF8HLBOWBvKuXF2Rx2J/XyhgX48SOLMuv0hcPaLPZqN6JGzL7ZrGs2fnv+RmEzZNXJUgr3c1zGnQY3RtYPOFYFRmlIIW97H3PH9NCk/+EXp/gqvTwuu8PwHtzkWyLwvpmMwnzTd4bQfAAAAFQDgn3OsbdrbfabADGmAs7IhxWwIIwAAAIEAnbSYRzO2x1b3WBTHLM8QMyyz9/lkVUO/mkamV3CfhSIakGU9R3F1eU8oXmkUZdrO2JQQZ/Y6zL+Dx4AkxR8SMcbU5T8qbhqDe8JeaDl3wgpCCnH+LuUFDmBkyD3J5QQcPzK+Lqk+Ke6sqHwnrT5zkhmDUI3SMDA4fbIMJ8XLMfIAAACAOf9qSrj7LthgnPNvYuQOcA3RU95zjVAzKJ5z0SFmqvaiehfAh1L+q8rEMlt5vkOGdeLCOd2Ub66WJvcEpXsIB9KjDojo4cQGXC8tAwBQd3iBO3j/2g8KLZCjx4kdKTTYuoGXQIMb30HqjBiy1Q4+T9wpD6hPagygaWcTEhPG0pA=";
+
     fn key(name: &str) -> String {
         format!("{HOST_KEY_PREFIX}/{name}")
     }
@@ -393,7 +428,13 @@ mod tests {
         std::fs::write(dir.join("ssh_host_ed25519_key"), "private, never read").unwrap();
         std::fs::write(dir.join("ssh_known_hosts"), "ignored").unwrap();
         let found = read_host_keys(&dir).unwrap();
-        assert_eq!(found.annotations()[&key("ssh-ed25519")], ED25519);
+        assert_eq!(found.keys.annotations()[&key("ssh-ed25519")], ED25519);
+        assert!(found.skipped.is_empty());
+        // A DSA key of an old image is left out, and said so.
+        std::fs::write(dir.join("ssh_host_dsa_key.pub"), format!("{DSA} root@n1\n")).unwrap();
+        let found = read_host_keys(&dir).unwrap();
+        assert_eq!(found.keys.annotations().len(), 1);
+        assert!(found.skipped[0].starts_with("ssh_host_dsa_key.pub: "), "{:?}", found.skipped);
         std::fs::write(dir.join("ssh_host_rsa_key.pub"), "ssh-rsa AAAA\n").unwrap();
         assert!(matches!(
             read_host_keys(&dir),
