@@ -300,8 +300,9 @@ fn published_host_keys_let_strict_ssh_connect_and_nothing_else() {
     refused.says("Host key verification failed");
 
     // publish-host-keys with the node's own credentials publishes sshd's real host keys.
-    node.publish().ok();
-    node.publish().says("published host keys on Node hk-node1");
+    let first = node.publish();
+    first.ok();
+    first.says("published host keys on Node hk-node1");
     assert_eq!(published(&node.name), node.expected());
     let version = resource_version(&node.name);
     node.publish().says("up to date");

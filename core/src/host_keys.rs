@@ -581,7 +581,7 @@ impl NodeHostKeys {
                 .keys
                 .entry(algorithm)
                 .or_insert_with(|| cert.key().clone());
-            if plain != cert.key() {
+            if *plain != *cert.key() {
                 return Err(PublishError::Mismatch(
                     HostKeyError::CertificateKeyMismatch {
                         algorithm,
@@ -792,10 +792,9 @@ mod tests {
             HostKey::parse(&swapped),
             Err(HostKeyError::Unparsable { .. })
         ));
-        // Base64 whose unused bits are set decodes to the same key but is not canonical.
-        let mut loose = ED25519.to_owned();
-        loose.pop();
-        loose.push('5');
+        // Base64 whose unused bits are set ("X4=" -> "X5=") is refused.
+        let loose = ECDSA256.replace("IX4=", "IX5=");
+        assert_ne!(loose, ECDSA256);
         assert!(HostKey::parse(&loose).is_err(), "{loose}");
         assert_eq!(
             HostKey::parse(&"A".repeat(MAX_HOST_KEY_LEN + 1)),
