@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use ssh_key::certificate::CertType;
+use base64::Engine as _;
 use ssh_key::public::KeyData;
 use ssh_key::{Algorithm, EcdsaCurve, HashAlg};
 
@@ -415,29 +415,47 @@ impl HostCertificate {
     }
 
     fn decode(line: &str) -> Result<Self, HostKeyError> {
-        let kind = type_text(line);
+        let mut fields = line.splitn(3, ' ');
+        let kind = fields.next().unwrap_or_default();
+        let data = fields.next().unwrap_or_default();
         if !is_certificate_type(kind) {
             return Err(HostKeyError::KeyAsCertificate { found: kind.into() });
         }
-        let cert =
-            ssh_key::Certificate::from_openssh(line).map_err(|e| HostKeyError::Unparsable {
-                what: "certificate",
-                reason: e.to_string(),
-            })?;
-        if cert.cert_type() != CertType::Host {
+        let unparsable = |reason: &str| HostKeyError::Unparsable {
+            what: "certificate",
+            reason: reason.to_owned(),
+        };
+        let Some(algorithm) = kind
+            .strip_suffix("-cert-v01@openssh.com")
+            .and_then(HostKeyAlgorithm::from_type)
+        else {
+            return Err(HostKeyError::UnsupportedType { found: kind.into() });
+        };
+        let blob = BASE64
+            .decode(data)
+            .map_err(|e| unparsable(&format!("invalid base64: {e}")))?;
+        let cert = CertificateFields::decode(&blob, algorithm)
+            .ok_or_else(|| unparsable("truncated or malformed certificate"))?;
+        if cert.kind != kind.as_bytes() {
+            return Err(unparsable("the type text does not match the certificate's type"));
+        }
+        if cert.cert_type != CERT_TYPE_HOST {
             return Err(HostKeyError::UserCertificate);
         }
-        let key = HostKey::from_key_data(cert.public_key().clone())?;
-        let encoded = cert
-            .to_openssh()
-            .expect("a decoded certificate re-encodes");
-        let mut fields = encoded.trim_end().splitn(3, ' ');
-        let kind = fields.next().unwrap_or_default();
-        let data = fields.next().unwrap_or_default();
+        // The certified key, as a plain key blob: its type, then the same fields.
+        let mut plain = Vec::with_capacity(cert.key_fields.len() + 32);
+        put_string(&mut plain, algorithm.as_str().as_bytes());
+        plain.extend_from_slice(cert.key_fields);
+        let key = ssh_key::PublicKey::from_bytes(&plain)
+            .map_err(|e| unparsable(&format!("the certified key: {e}")))?;
+        let key = HostKey::from_key_data(key.key_data().clone())?;
+        if key.algorithm != algorithm {
+            return Err(unparsable("the certified key is not of the certificate's type"));
+        }
         Ok(Self {
             key,
-            text: format!("{kind} {data}"),
-            principals: cert.valid_principals().to_vec(),
+            text: format!("{kind} {}", BASE64.encode(&blob)),
+            principals: cert.principals,
         })
     }
 
@@ -460,6 +478,96 @@ impl HostCertificate {
     pub fn to_openssh(&self) -> String {
         self.text.clone()
     }
+}
+
+/// `uint32 type` of an OpenSSH host certificate (PROTOCOL.certkeys: 1 is a user certificate).
+const CERT_TYPE_HOST: u32 = 2;
+
+/// Standard base64 with padding, as OpenSSH writes keys and certificates; decoding is strict
+/// (no whitespace, canonical padding and trailing bits).
+const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+
+/// The fields of an OpenSSH certificate blob (PROTOCOL.certkeys) that matter here. Decoded by
+/// hand: ssh-key 0.6 refuses certificates valid "forever" (`valid_before` 2^64-1), which is what
+/// `ssh-keygen -s` makes by default. The signature is not checked (see the format).
+struct CertificateFields<'b> {
+    kind: &'b [u8],
+    /// The certified key's fields, as in a plain key blob after its type.
+    key_fields: &'b [u8],
+    cert_type: u32,
+    principals: Vec<String>,
+}
+
+impl<'b> CertificateFields<'b> {
+    fn decode(blob: &'b [u8], algorithm: HostKeyAlgorithm) -> Option<Self> {
+        let mut r = Wire(blob);
+        let kind = r.string()?;
+        let _nonce = r.string()?;
+        let fields_start = blob.len() - r.0.len();
+        // ed25519: string pk; ECDSA: string curve, string Q; RSA: mpint e, mpint n.
+        let count = if algorithm == HostKeyAlgorithm::Ed25519 { 1 } else { 2 };
+        for _ in 0..count {
+            r.string()?;
+        }
+        let key_fields = &blob[fields_start..blob.len() - r.0.len()];
+        let _serial = r.u64()?;
+        let cert_type = r.u32()?;
+        let _key_id = r.string()?;
+        let mut names = Wire(r.string()?);
+        let mut principals = Vec::new();
+        while !names.0.is_empty() {
+            let name = std::str::from_utf8(names.string()?).ok()?;
+            principals.push(name.to_owned());
+        }
+        let _valid_after = r.u64()?;
+        let _valid_before = r.u64()?;
+        let _critical_options = r.string()?;
+        let _extensions = r.string()?;
+        let _reserved = r.string()?;
+        let _signature_key = r.string()?;
+        let _signature = r.string()?;
+        // Nothing may follow the signature.
+        r.0.is_empty().then_some(Self {
+            kind,
+            key_fields,
+            cert_type,
+            principals,
+        })
+    }
+}
+
+/// A reader of the SSH wire encoding (RFC 4251: uint32, uint64, string).
+struct Wire<'b>(&'b [u8]);
+
+impl<'b> Wire<'b> {
+    fn take(&mut self, n: usize) -> Option<&'b [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn string(&mut self) -> Option<&'b [u8]> {
+        let len = usize::try_from(self.u32()?).ok()?;
+        self.take(len)
+    }
+}
+
+fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).expect("a key field fits in a u32 length");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
 }
 
 /// An annotation under [`HOST_KEY_PREFIX`] that could not be trusted, and why.
