@@ -208,6 +208,12 @@ pub struct KnownHostsArgs {
     /// Remove a trailing .DOMAIN from HOST to get the node name (e.g. k8s for node1.k8s).
     #[arg(long, value_name = "DOMAIN")]
     pub domain: Option<String>,
+    /// Why ssh asks (its %I: ORDER, HOSTNAME or ADDRESS). ssh stops at any failure of the
+    /// command, and asks for ORDER with the host as typed even when HostKeyAlias is set: with
+    /// ORDER or ADDRESS, a HOST that names no node with keys prints nothing and exits 0, and
+    /// the HOSTNAME query decides.
+    #[arg(long, value_name = "REASON")]
+    pub invocation: Option<String>,
 }
 
 /// `keyctl janitor`.

@@ -11,7 +11,7 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 use nodegate_cluster_client::status;
-use nodegate_core::host_keys::{KnownHostsHost, NodeHostKeys};
+use nodegate_core::host_keys::{KnownHostsHost, KnownHostsHostError, NodeHostKeys};
 
 use crate::cli::KnownHostsArgs;
 use crate::nodes;
@@ -65,6 +65,42 @@ pub enum KnownHostsError {
 
 /// Runs `keyctl known-hosts`.
 pub async fn run(session: &Session, args: &KnownHostsArgs) -> anyhow::Result<bool> {
+    // ssh's ORDER and ADDRESS queries only rank host key algorithms or check an address; the
+    // HOSTNAME query (or a call without --invocation) is the one that must vouch.
+    let advisory = matches!(args.invocation.as_deref(), Some("ORDER" | "ADDRESS"));
+    match lines(session, args).await {
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(out.as_bytes())
+                .and_then(|()| stdout.flush())
+                .context("cannot write the known_hosts lines to standard output")?;
+            Ok(true)
+        }
+        Err(error) if advisory && error.downcast_ref::<KnownHostsError>().is_some_and(KnownHostsError::names_no_keys) => {
+            tracing::debug!("{}: {error}", args.host);
+            Ok(true)
+        }
+        Err(error) if advisory && error.downcast_ref::<KnownHostsHostError>().is_some() => {
+            tracing::debug!("{}: {error}", args.host);
+            Ok(true)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+impl KnownHostsError {
+    /// Whether this says only that HOST has no usable keys (not that the API failed).
+    fn names_no_keys(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownNode { .. } | Self::NoKeys { .. } | Self::OnlyInvalid { .. }
+        )
+    }
+}
+
+/// The `known_hosts` lines for `args.host`, newline-terminated.
+async fn lines(session: &Session, args: &KnownHostsArgs) -> anyhow::Result<String> {
     let host = KnownHostsHost::parse(&args.host, args.domain.as_deref())?;
     let node = host.node().as_str();
     let meta = match session.nodes().get_metadata(node).await {
@@ -122,10 +158,5 @@ pub async fn run(session: &Session, args: &KnownHostsArgs) -> anyhow::Result<boo
         out.push_str(&line);
         out.push('\n');
     }
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(out.as_bytes())
-        .and_then(|()| stdout.flush())
-        .context("cannot write the known_hosts lines to standard output")?;
-    Ok(true)
+    Ok(out)
 }
