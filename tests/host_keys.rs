@@ -317,7 +317,11 @@ fn published_host_keys_let_strict_ssh_connect_and_nothing_else() {
     assert_eq!(published(&node.name), node.expected());
     let version = resource_version(&node.name);
     node.publish().says("up to date");
-    assert_eq!(resource_version(&node.name), version, "an unchanged node is not written");
+    assert_eq!(
+        resource_version(&node.name),
+        version,
+        "an unchanged node is not written"
+    );
 
     // keyctl prints exactly the known_hosts lines, host field as ssh passed it.
     let lines = keyctl(&["known-hosts", &node.name]);
@@ -395,7 +399,11 @@ fn a_host_certificate_is_published_and_ssh_falls_back_to_the_plain_key() {
 #[test]
 fn changed_and_removed_keys_are_updated_and_nothing_else_is_touched() {
     let node = Node::new("hk-change", false, false);
-    keygen(&node.host_keys.join("ssh_host_rsa_key"), "rsa", Some("3072"));
+    keygen(
+        &node.host_keys.join("ssh_host_rsa_key"),
+        "rsa",
+        Some("3072"),
+    );
     // Someone else's annotations, and junk under the host-key prefix.
     let cluster = cluster();
     cluster.set_node_annotation(&node.name, "example.com/keep", Some("me"));
@@ -414,7 +422,11 @@ fn changed_and_removed_keys_are_updated_and_nothing_else_is_touched() {
     assert_eq!(published(&node.name).len(), 3);
 
     // A re-keyed ed25519 key and a removed RSA key.
-    keygen(&node.host_keys.join("ssh_host_ed25519_key"), "ed25519", None);
+    keygen(
+        &node.host_keys.join("ssh_host_ed25519_key"),
+        "ed25519",
+        None,
+    );
     std::fs::remove_file(node.host_keys.join("ssh_host_rsa_key.pub")).expect("remove rsa .pub");
     // Only what changed is set: the ECDSA key is as it was.
     node.publish().says("; set ssh-ed25519; removed ssh-rsa");
@@ -428,7 +440,11 @@ fn changed_and_removed_keys_are_updated_and_nothing_else_is_touched() {
     );
 
     // A broken key file publishes nothing, and says which file.
-    std::fs::write(node.host_keys.join("ssh_host_rsa_key.pub"), "ssh-rsa AAAA\n").expect("write");
+    std::fs::write(
+        node.host_keys.join("ssh_host_rsa_key.pub"),
+        "ssh-rsa AAAA\n",
+    )
+    .expect("write");
     let before = published(&node.name);
     node.publish()
         .code_is(1)

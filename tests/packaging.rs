@@ -586,13 +586,18 @@ fn ssh_login_through_the_installed_package() {
 
     // What nodegate-publish-host-keys.service does: as user nodegate, with the exported
     // credentials, it publishes the machine's host public keys on its own Node.
-    let unit = ["/lib/systemd/system", "/usr/lib/systemd/system", "/etc/systemd/system"]
-        .iter()
-        .find_map(|d| fs::read_to_string(Path::new(d).join("nodegate-publish-host-keys.service")).ok())
-        .expect("nodegate-publish-host-keys.service is installed");
+    let unit = [
+        "/lib/systemd/system",
+        "/usr/lib/systemd/system",
+        "/etc/systemd/system",
+    ]
+    .iter()
+    .find_map(|d| fs::read_to_string(Path::new(d).join("nodegate-publish-host-keys.service")).ok())
+    .expect("nodegate-publish-host-keys.service is installed");
     assert!(unit.lines().any(|l| l == "User=nodegate"), "{unit}");
     assert!(
-        unit.lines().any(|l| l.starts_with("ExecStart=") && l.ends_with(" publish-host-keys")),
+        unit.lines()
+            .any(|l| l.starts_with("ExecStart=") && l.ends_with(" publish-host-keys")),
         "{unit}"
     );
     if Path::new("/etc/ssh/ssh_host_ed25519_key.pub").exists() {

@@ -274,7 +274,11 @@ pub fn agent(credentials: &NodeCredentials, deadline: Duration) -> Result<ureq::
 }
 
 /// A request's transport failure as an [`ApiError`].
-pub fn transport_error(credentials: &NodeCredentials, deadline: Duration, e: ureq::Error) -> ApiError {
+pub fn transport_error(
+    credentials: &NodeCredentials,
+    deadline: Duration,
+    e: ureq::Error,
+) -> ApiError {
     match e {
         ureq::Error::Timeout(_) => ApiError::Timeout {
             server: credentials.server.clone(),

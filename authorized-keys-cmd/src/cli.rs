@@ -338,8 +338,7 @@ pub fn main() -> ExitCode {
         let published = Settings::load(&invocation.overrides)
             .map_err(Failure::from)
             .and_then(|settings| {
-                publish_host_keys::publish(&settings, &settings.host_key_dir)
-                    .map_err(Failure::from)
+                publish_host_keys::publish(&settings, &settings.host_key_dir).map_err(Failure::from)
             });
         return match published {
             Ok(published) => {

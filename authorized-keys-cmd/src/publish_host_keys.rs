@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nodegate_core::host_keys::{
-    HostCertificate, HostKey, HostKeyError, HostKeyName, NodeHostKeys,
-    PublishError as FormatError,
+    HostCertificate, HostKey, HostKeyError, HostKeyName, NodeHostKeys, PublishError as FormatError,
 };
 
 use crate::api::{self, ApiError};
@@ -284,11 +283,12 @@ pub fn publish(settings: &Settings, dir: &Path) -> Result<Published, PublishErro
         node: node.clone(),
     };
     let under_prefix = |key: &str| HostKeyName::strip_prefix(key).is_some();
-    let read = api::fetch_node_annotations_where(&credentials, &node, PUBLISH_DEADLINE, under_prefix)
-        .map_err(|e| match e {
-            ApiError::Forbidden { .. } => forbidden("read"),
-            other => PublishError::Api(other),
-        })?;
+    let read =
+        api::fetch_node_annotations_where(&credentials, &node, PUBLISH_DEADLINE, under_prefix)
+            .map_err(|e| match e {
+                ApiError::Forbidden { .. } => forbidden("read"),
+                other => PublishError::Api(other),
+            })?;
     let mut current: BTreeMap<String, Option<String>> = read
         .annotations
         .into_iter()
@@ -371,7 +371,11 @@ fn send_patch(
     Err(PublishError::Patch {
         status,
         node: node.clone(),
-        message: message.chars().filter(|c| !c.is_control()).take(500).collect(),
+        message: message
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(500)
+            .collect(),
     })
 }
 
@@ -423,8 +427,11 @@ mod tests {
         let empty = read_host_keys(&dir).unwrap_err();
         assert!(matches!(empty, PublishError::NoKeys { .. }));
         assert!(empty.to_string().contains(&dir.display().to_string()));
-        std::fs::write(dir.join("ssh_host_ed25519_key.pub"), format!("{ED25519} root@n1\n"))
-            .unwrap();
+        std::fs::write(
+            dir.join("ssh_host_ed25519_key.pub"),
+            format!("{ED25519} root@n1\n"),
+        )
+        .unwrap();
         std::fs::write(dir.join("ssh_host_ed25519_key"), "private, never read").unwrap();
         std::fs::write(dir.join("ssh_known_hosts"), "ignored").unwrap();
         let found = read_host_keys(&dir).unwrap();
@@ -434,7 +441,11 @@ mod tests {
         std::fs::write(dir.join("ssh_host_dsa_key.pub"), format!("{DSA} root@n1\n")).unwrap();
         let found = read_host_keys(&dir).unwrap();
         assert_eq!(found.keys.annotations().len(), 1);
-        assert!(found.skipped[0].starts_with("ssh_host_dsa_key.pub: "), "{:?}", found.skipped);
+        assert!(
+            found.skipped[0].starts_with("ssh_host_dsa_key.pub: "),
+            "{:?}",
+            found.skipped
+        );
         std::fs::write(dir.join("ssh_host_rsa_key.pub"), "ssh-rsa AAAA\n").unwrap();
         assert!(matches!(
             read_host_keys(&dir),

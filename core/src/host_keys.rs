@@ -182,7 +182,9 @@ pub enum HostKeyError {
         found: char,
     },
     /// Not `TYPE BASE64` with one space, nothing before, between or after.
-    #[error("a published host key is exactly 'TYPE BASE64': one space, no comment, no other whitespace")]
+    #[error(
+        "a published host key is exactly 'TYPE BASE64': one space, no comment, no other whitespace"
+    )]
     NotCanonical,
     /// The text does not decode as an OpenSSH key or certificate.
     #[error("not an OpenSSH {what} ({reason})")]
@@ -437,7 +439,9 @@ impl HostCertificate {
         let cert = CertificateFields::decode(&blob, algorithm)
             .ok_or_else(|| unparsable("truncated or malformed certificate"))?;
         if cert.kind != kind.as_bytes() {
-            return Err(unparsable("the type text does not match the certificate's type"));
+            return Err(unparsable(
+                "the type text does not match the certificate's type",
+            ));
         }
         if cert.cert_type != CERT_TYPE_HOST {
             return Err(HostKeyError::UserCertificate);
@@ -450,7 +454,9 @@ impl HostCertificate {
             .map_err(|e| unparsable(&format!("the certified key: {e}")))?;
         let key = HostKey::from_key_data(key.key_data().clone())?;
         if key.algorithm != algorithm {
-            return Err(unparsable("the certified key is not of the certificate's type"));
+            return Err(unparsable(
+                "the certified key is not of the certificate's type",
+            ));
         }
         Ok(Self {
             key,
@@ -487,7 +493,6 @@ const CERT_TYPE_HOST: u32 = 2;
 /// (no whitespace, canonical padding and trailing bits).
 const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-
 /// The fields of an OpenSSH certificate blob (PROTOCOL.certkeys) that matter here. Decoded by
 /// hand: ssh-key 0.6 refuses certificates valid "forever" (`valid_before` 2^64-1), which is what
 /// `ssh-keygen -s` makes by default. The signature is not checked (see the format).
@@ -506,7 +511,11 @@ impl<'b> CertificateFields<'b> {
         let _nonce = r.string()?;
         let fields_start = blob.len() - r.0.len();
         // ed25519: string pk; ECDSA: string curve, string Q; RSA: mpint e, mpint n.
-        let count = if algorithm == HostKeyAlgorithm::Ed25519 { 1 } else { 2 };
+        let count = if algorithm == HostKeyAlgorithm::Ed25519 {
+            1
+        } else {
+            2
+        };
         for _ in 0..count {
             r.string()?;
         }
@@ -869,7 +878,10 @@ mod tests {
             let parsed = HostKey::parse(line).unwrap();
             assert_eq!(parsed.algorithm(), algorithm);
             assert_eq!(parsed.to_openssh(), line);
-            assert_eq!(HostKey::from_pub_file(&format!("{line} root@vm\n")), Ok(parsed));
+            assert_eq!(
+                HostKey::from_pub_file(&format!("{line} root@vm\n")),
+                Ok(parsed)
+            );
         }
         assert_eq!(
             HostKey::parse(ED25519).unwrap().fingerprint(),
@@ -1060,10 +1072,7 @@ mod tests {
 
     #[test]
     fn known_hosts_lines_carry_the_host_as_ssh_passed_it() {
-        let found = scan(&[
-            (&key("ssh-rsa"), RSA2048),
-            (&key("ssh-ed25519"), ED25519),
-        ]);
+        let found = scan(&[(&key("ssh-rsa"), RSA2048), (&key("ssh-ed25519"), ED25519)]);
         let host = KnownHostsHost::parse("[node1.k8s]:2222", Some("k8s")).unwrap();
         assert_eq!(host.node().as_str(), "node1");
         assert_eq!(
@@ -1130,6 +1139,9 @@ mod tests {
             }
         }
         assert_eq!(HostKeyName::parse("ssh-ed25519-cert-v01@openssh.com"), None);
-        assert_eq!(HostKeyName::strip_prefix("host-keys.nodegate.devx/ssh-rsa"), None);
+        assert_eq!(
+            HostKeyName::strip_prefix("host-keys.nodegate.devx/ssh-rsa"),
+            None
+        );
     }
 }

@@ -74,12 +74,14 @@ pub enum Command {
     /// Keep watching Nodes and remove grants as they expire (the in-cluster janitor).
     Janitor(JanitorArgs),
     /// Print a node's published SSH host keys as known_hosts lines (for ssh's KnownHostsCommand).
-    #[command(after_help = "In ~/.ssh/config (ssh runs only absolute paths here, hence /usr/bin/env):
+    #[command(
+        after_help = "In ~/.ssh/config (ssh runs only absolute paths here, hence /usr/bin/env):
   Host *.k8s
       KnownHostsCommand /usr/bin/env kubectl keyctl known-hosts --domain k8s %H
       StrictHostKeyChecking yes
 Prints only the lines of keys the node published (authorized-keys-cmd publish-host-keys),
-their host field exactly HOST; exit status 1 and nothing printed when it published none.")]
+their host field exactly HOST; exit status 1 and nothing printed when it published none."
+    )]
     KnownHosts(KnownHostsArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     #[command(hide = true)]

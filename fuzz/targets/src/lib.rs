@@ -184,7 +184,10 @@ pub fn host_key_annotation(data: &[u8]) -> Reached {
     }
     let found = NodeHostKeys::scan(annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     if found.is_empty() {
-        assert!(found.certificates.is_empty(), "a certificate without its key");
+        assert!(
+            found.certificates.is_empty(),
+            "a certificate without its key"
+        );
         return Reached::Refused;
     }
     // Accepted values are exactly what was on the Node, under the names they imply.

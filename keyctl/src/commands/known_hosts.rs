@@ -46,7 +46,9 @@ pub enum KnownHostsError {
         message: String,
     },
     /// The Node publishes no host key.
-    #[error("node {node} publishes no SSH host keys, so its host key cannot be verified: {NO_KEYS_HELP}")]
+    #[error(
+        "node {node} publishes no SSH host keys, so its host key cannot be verified: {NO_KEYS_HELP}"
+    )]
     NoKeys {
         /// The Node name.
         node: String,
@@ -77,7 +79,12 @@ pub async fn run(session: &Session, args: &KnownHostsArgs) -> anyhow::Result<boo
                 .context("cannot write the known_hosts lines to standard output")?;
             Ok(true)
         }
-        Err(error) if advisory && error.downcast_ref::<KnownHostsError>().is_some_and(KnownHostsError::names_no_keys) => {
+        Err(error)
+            if advisory
+                && error
+                    .downcast_ref::<KnownHostsError>()
+                    .is_some_and(KnownHostsError::names_no_keys) =>
+        {
             tracing::debug!("{}: {error}", args.host);
             Ok(true)
         }
