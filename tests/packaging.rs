@@ -584,6 +584,38 @@ fn ssh_login_through_the_installed_package() {
         refresh.stderr.clone()
     );
 
+    // What nodegate-publish-host-keys.service does: as user nodegate, with the exported
+    // credentials, it publishes the machine's host public keys on its own Node.
+    let unit = [
+        "/lib/systemd/system",
+        "/usr/lib/systemd/system",
+        "/etc/systemd/system",
+    ]
+    .iter()
+    .find_map(|d| fs::read_to_string(Path::new(d).join("nodegate-publish-host-keys.service")).ok())
+    .expect("nodegate-publish-host-keys.service is installed");
+    assert!(unit.lines().any(|l| l == "User=nodegate"), "{unit}");
+    assert!(
+        unit.lines()
+            .any(|l| l.starts_with("ExecStart=") && l.ends_with(" publish-host-keys")),
+        "{unit}"
+    );
+    if Path::new("/etc/ssh/ssh_host_ed25519_key.pub").exists() {
+        let publish = as_nodegate(&["publish-host-keys"]);
+        assert!(
+            publish.status.success(),
+            "authorized-keys-cmd publish-host-keys as nodegate failed: {}",
+            publish.stderr.clone()
+        );
+        assert!(
+            cluster
+                .node_annotations(node)
+                .contains_key("host-keys.nodegate.dev/ssh-ed25519"),
+            "the host keys were not published: {}",
+            publish.stderr.clone()
+        );
+    }
+
     // sshd with the machine's own configuration (and so the drop-in), on a loopback port.
     let scratch = Scratch::new("packaged-sshd");
     fs::create_dir_all("/run/sshd").expect("sshd's privilege separation dir");

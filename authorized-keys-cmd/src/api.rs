@@ -159,6 +159,16 @@ pub fn parse_node_metadata(
     node: &NodeName,
     prefix: &AnnotationPrefix,
 ) -> Result<PrefixedAnnotations, ApiError> {
+    parse_node_metadata_where(body, node, |key| prefix.strip(key).is_some())
+}
+
+/// Keeps the annotations whose key `keep` accepts, from a JSON Node or PartialObjectMetadata
+/// for `node`, checking the shape as [`parse_node_metadata`] does.
+pub fn parse_node_metadata_where(
+    body: &[u8],
+    node: &NodeName,
+    keep: impl Fn(&str) -> bool,
+) -> Result<PrefixedAnnotations, ApiError> {
     let bad = |reason: String| ApiError::BadAnswer { reason };
     let object: ObjectWithMeta =
         serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON: {e}")))?;
@@ -175,7 +185,7 @@ pub fn parse_node_metadata(
     }
     let mut found = PrefixedAnnotations::default();
     for (key, value) in object.metadata.annotations.unwrap_or_default() {
-        if prefix.strip(&key).is_none() {
+        if !keep(&key) {
             continue;
         }
         match value {
@@ -243,7 +253,15 @@ pub fn fetch_node_annotations(
     prefix: &AnnotationPrefix,
     deadline: Duration,
 ) -> Result<PrefixedAnnotations, ApiError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    fetch_node_annotations_where(credentials, node, deadline, |key| {
+        prefix.strip(key).is_some()
+    })
+}
+
+/// An HTTPS agent for the API server with the node's credentials: no proxy, no redirects,
+/// everything within `deadline`, statuses returned rather than raised.
+pub fn agent(credentials: &NodeCredentials, deadline: Duration) -> Result<ureq::Agent, ApiError> {
+    Ok(ureq::Agent::config_builder()
         .tls_config(tls_config(credentials)?)
         .timeout_global(Some(deadline))
         .http_status_as_error(false)
@@ -252,7 +270,37 @@ pub fn fetch_node_annotations(
         .max_redirects(0)
         .user_agent("nodegate-authorized-keys-cmd")
         .build()
-        .into();
+        .into())
+}
+
+/// A request's transport failure as an [`ApiError`].
+pub fn transport_error(
+    credentials: &NodeCredentials,
+    deadline: Duration,
+    e: ureq::Error,
+) -> ApiError {
+    match e {
+        ureq::Error::Timeout(_) => ApiError::Timeout {
+            server: credentials.server.clone(),
+            waited_ms: deadline.as_millis(),
+        },
+        ureq::Error::BodyExceedsLimit(_) => ApiError::TooLarge,
+        other => ApiError::Unreachable {
+            server: credentials.server.clone(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// GETs Node `node` (metadata only) with the node's credentials, all within `deadline`, and
+/// returns its annotations whose key `keep` accepts.
+pub fn fetch_node_annotations_where(
+    credentials: &NodeCredentials,
+    node: &NodeName,
+    deadline: Duration,
+    keep: impl Fn(&str) -> bool,
+) -> Result<PrefixedAnnotations, ApiError> {
+    let agent = agent(credentials, deadline)?;
     let url = format!("{}/api/v1/nodes/{}", credentials.server, node.as_str());
     let mut request = agent.get(&url).header("Accept", ACCEPT);
     if let ClientAuth::Token(token) = &credentials.client {
@@ -309,7 +357,7 @@ pub fn fetch_node_annotations(
         .limit(MAX_RESPONSE_LEN)
         .read_to_vec()
         .map_err(transport)?;
-    parse_node_metadata(&body, node, prefix)
+    parse_node_metadata_where(&body, node, keep)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Command line: `authorized-keys-cmd [OPTIONS] USER [FINGERPRINT] | check | refresh`, and
+//! Command line: `authorized-keys-cmd [OPTIONS] USER [FINGERPRINT] | check | refresh |
+//! publish-host-keys`, and
 //! `authorized-keys-cmd export-kubeconfig [--from PATH] [--to PATH] [--group NAME]` (run as root).
 
 use std::ffi::OsString;
@@ -12,8 +13,9 @@ use crate::check::{self, SshdLocation};
 use crate::config::{ConfigError, Overrides, Settings};
 use crate::export_kubeconfig::{self, ExportError, ExportOptions};
 use crate::logger::Logger;
+use crate::publish_host_keys::PublishError;
 use crate::refresh::RefreshError;
-use crate::{answer, refresh};
+use crate::{answer, publish_host_keys, refresh};
 
 /// Exit status: the answer was printed (possibly no lines).
 pub const EXIT_OK: u8 = 0;
@@ -28,6 +30,8 @@ const USAGE: &str = "\
 usage: authorized-keys-cmd [OPTIONS] USER [FINGERPRINT]   print the keys granted to USER (for sshd: %u %f)
        authorized-keys-cmd [OPTIONS] check                diagnose this node, each problem with a fix
        authorized-keys-cmd [OPTIONS] refresh              refresh the cache from the API
+       authorized-keys-cmd [OPTIONS] publish-host-keys [--host-key-dir DIR]
+                  publish this machine's SSH host public keys on its own Node (for keyctl known-hosts)
        authorized-keys-cmd export-kubeconfig [--from PATH] [--to PATH] [--group NAME]
                   (as root) write the kubelet's credentials, embedded, for the user sshd runs this as
 
@@ -39,13 +43,16 @@ options:
   --prefix PREFIX    the annotation prefix (default ssh.nodegate.dev)
   --verbose, -v      also write diagnostics to stderr (they always go to the system log)
   check only: --sshd PATH (default /usr/sbin/sshd), --sshd-config PATH (default /etc/ssh/sshd_config)
+  publish-host-keys only: --host-key-dir DIR (default /etc/ssh; host_key_dir in the config file):
+                     where ssh_host_*_key.pub and ssh_host_*_key-cert.pub are read
   export-kubeconfig only (it reads no config file):
     --from PATH      the kubelet's kubeconfig (default: the first found where kubeadm, EKS, k3s put it)
     --to PATH        the file written, mode 0640 (default /var/lib/nodegate/node.kubeconfig)
     --group NAME     the group that may read it, a name or a gid (default nodegate)
 
 exit status: 0 answered (possibly no keys), 1 no trustworthy grants: nothing printed (check: problems
-found; refresh: failed; export-kubeconfig: nothing exported), 2 usage or configuration error.
+found; refresh: failed; export-kubeconfig: nothing exported; publish-host-keys: not published),
+2 usage or configuration error.
 sshd ignores all output of a non-zero exit.";
 
 /// What to do.
@@ -65,6 +72,8 @@ pub enum Mode {
     ),
     /// Refresh the cache.
     Refresh,
+    /// Publish the host keys on the own Node.
+    PublishHostKeys,
     /// Write the kubelet's credentials, embedded, for the command's user (run as root).
     ExportKubeconfig(
         /// From where, to where, for which group.
@@ -112,6 +121,9 @@ pub enum UsageError {
     /// `--sshd`/`--sshd-config` outside `check`.
     #[error("--sshd and --sshd-config are for check only")]
     SshdOutsideCheck,
+    /// `--host-key-dir` outside `publish-host-keys`.
+    #[error("--host-key-dir is for publish-host-keys only")]
+    HostKeyDirOutsidePublish,
     /// `--from`/`--to`/`--group` outside `export-kubeconfig`.
     #[error("--from, --to and --group are for export-kubeconfig only")]
     ExportOptionsOutsideExport,
@@ -154,6 +166,9 @@ pub enum Failure {
     /// `refresh` failed.
     #[error("refresh failed: {0}")]
     Refresh(#[from] RefreshError),
+    /// `publish-host-keys` failed; the Node is as it was.
+    #[error("{0}")]
+    Publish(#[from] PublishError),
     /// `export-kubeconfig` failed; the output file is as it was.
     #[error("{0}")]
     Export(#[from] ExportError),
@@ -170,6 +185,7 @@ impl Failure {
             Self::FailedClosed { .. }
             | Self::Stdout(_)
             | Self::Refresh(_)
+            | Self::Publish(_)
             | Self::Export(_)
             | Self::CheckFoundProblems => EXIT_FAILED_CLOSED,
         }
@@ -202,6 +218,7 @@ where
             }
             Long("cache") => overrides.cache = Some(parser.value()?.into()),
             Long("prefix") => overrides.prefix = Some(text(parser.value()?, "--prefix")?),
+            Long("host-key-dir") => overrides.host_key_dir = Some(parser.value()?.into()),
             Long("sshd") => {
                 sshd.binary = PathBuf::from(parser.value()?);
                 sshd_given = true;
@@ -237,6 +254,7 @@ where
     let mode = match positional.as_slice() {
         [cmd] if cmd == "check" => Mode::Check(sshd.clone()),
         [cmd] if cmd == "refresh" => Mode::Refresh,
+        [cmd] if cmd == "publish-host-keys" => Mode::PublishHostKeys,
         [cmd] if cmd == "export-kubeconfig" => {
             let defaults = ExportOptions::default();
             Mode::ExportKubeconfig(ExportOptions {
@@ -259,6 +277,9 @@ where
     if sshd_given && !matches!(mode, Mode::Check(_)) {
         return Err(UsageError::SshdOutsideCheck);
     }
+    if overrides.host_key_dir.is_some() && mode != Mode::PublishHostKeys {
+        return Err(UsageError::HostKeyDirOutsidePublish);
+    }
     // export-kubeconfig took them: any left belongs to another mode.
     if from.is_some() || to.is_some() || group.is_some() {
         return Err(UsageError::ExportOptionsOutsideExport);
@@ -270,6 +291,7 @@ where
             ("--node-name", overrides.node_name.is_some()),
             ("--cache", overrides.cache.is_some()),
             ("--prefix", overrides.prefix.is_some()),
+            ("--host-key-dir", overrides.host_key_dir.is_some()),
         ];
         if let Some((flag, _)) = lookup_options.iter().find(|(_, given)| *given) {
             return Err(UsageError::NotForExport(flag));
@@ -306,6 +328,25 @@ pub fn main() -> ExitCode {
             Err(e) => {
                 let failure = Failure::from(e);
                 eprintln!("authorized-keys-cmd export-kubeconfig: {failure}");
+                ExitCode::from(failure.exit_code())
+            }
+        };
+    }
+    if invocation.mode == Mode::PublishHostKeys {
+        // A systemd unit's job, like export-kubeconfig: its one line goes to stderr (the
+        // unit's journal), not to the auth log.
+        let published = Settings::load(&invocation.overrides)
+            .map_err(Failure::from)
+            .and_then(|settings| {
+                publish_host_keys::publish(&settings, &settings.host_key_dir).map_err(Failure::from)
+            });
+        return match published {
+            Ok(published) => {
+                eprintln!("authorized-keys-cmd publish-host-keys: {published}");
+                ExitCode::from(EXIT_OK)
+            }
+            Err(failure) => {
+                eprintln!("authorized-keys-cmd publish-host-keys: {failure}");
                 ExitCode::from(failure.exit_code())
             }
         };
@@ -385,8 +426,8 @@ fn run(invocation: Invocation, log: &mut Logger, started: Instant) -> Result<(),
                 _ => Ok(()),
             }
         }
-        // Handled in `main`, before the logger: it needs neither settings nor the auth log.
-        Mode::Help | Mode::Version | Mode::ExportKubeconfig(_) => Ok(()),
+        // Handled in `main`, before the logger: they do not write to the auth log.
+        Mode::Help | Mode::Version | Mode::ExportKubeconfig(_) | Mode::PublishHostKeys => Ok(()),
     }
 }
 
@@ -406,6 +447,16 @@ mod tests {
         );
         assert_eq!(inv.overrides.node_name.as_deref(), Some("n1"));
         assert_eq!(parse(["refresh"]).unwrap().mode, Mode::Refresh);
+        let publish = parse(["publish-host-keys", "--host-key-dir", "/tmp/keys"]).unwrap();
+        assert_eq!(publish.mode, Mode::PublishHostKeys);
+        assert_eq!(
+            publish.overrides.host_key_dir.as_deref(),
+            Some(std::path::Path::new("/tmp/keys"))
+        );
+        assert!(matches!(
+            parse(["--host-key-dir", "/x", "refresh"]),
+            Err(UsageError::HostKeyDirOutsidePublish)
+        ));
         assert!(matches!(parse(["check"]).unwrap().mode, Mode::Check(_)));
         // With %f, a user named "check" is looked up, not diagnosed.
         assert!(matches!(

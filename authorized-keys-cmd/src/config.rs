@@ -101,6 +101,8 @@ pub struct ConfigFile {
     pub max_stale: Option<String>,
     /// How long the API is not asked again after it failed to answer, e.g. `"10s"`.
     pub api_backoff: Option<String>,
+    /// Where `publish-host-keys` finds `ssh_host_*_key.pub` (default `/etc/ssh`).
+    pub host_key_dir: Option<PathBuf>,
 }
 
 /// Values given on the command line; they win over the config file.
@@ -116,6 +118,8 @@ pub struct Overrides {
     pub cache: Option<PathBuf>,
     /// `--prefix`.
     pub prefix: Option<String>,
+    /// `--host-key-dir` (publish-host-keys).
+    pub host_key_dir: Option<PathBuf>,
 }
 
 /// The settings in force.
@@ -139,6 +143,8 @@ pub struct Settings {
     pub max_stale: Duration,
     /// How long the API is not asked again after it failed to answer.
     pub api_backoff: Duration,
+    /// Where `publish-host-keys` reads the host keys.
+    pub host_key_dir: PathBuf,
 }
 
 impl Settings {
@@ -233,6 +239,11 @@ impl Settings {
             deadline,
             max_stale,
             api_backoff,
+            host_key_dir: overrides
+                .host_key_dir
+                .clone()
+                .or(file.host_key_dir)
+                .unwrap_or_else(|| PathBuf::from(crate::publish_host_keys::DEFAULT_HOST_KEY_DIR)),
         })
     }
 }

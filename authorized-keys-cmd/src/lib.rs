@@ -22,4 +22,5 @@ pub mod kubeconfig;
 pub mod logger;
 pub mod perms;
 pub mod policy;
+pub mod publish_host_keys;
 pub mod refresh;

@@ -15,19 +15,37 @@ pub struct AnnotationPrefix(String);
 
 /// Why a prefix was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{prefix:?} is not a valid annotation prefix: it must be a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253 characters), e.g. {DEFAULT_PREFIX}"
-)]
-pub struct PrefixError {
-    /// The refused prefix.
-    pub prefix: String,
+pub enum PrefixError {
+    /// Not a DNS subdomain.
+    #[error(
+        "{prefix:?} is not a valid annotation prefix: it must be a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253 characters), e.g. {DEFAULT_PREFIX}"
+    )]
+    Invalid {
+        /// The refused prefix.
+        prefix: String,
+    },
+    /// The prefix of published host keys, which are never grants.
+    #[error(
+        "{prefix:?} cannot be the grant prefix: it is where nodes publish their SSH host keys (docs/host-key-format.md); choose another, e.g. {DEFAULT_PREFIX}"
+    )]
+    HostKeyPrefix {
+        /// The refused prefix.
+        prefix: String,
+    },
 }
 
 impl AnnotationPrefix {
-    /// Validates `prefix` as a DNS subdomain, the form Kubernetes requires of annotation prefixes.
+    /// Validates `prefix` as a DNS subdomain, the form Kubernetes requires of annotation
+    /// prefixes, other than [`HOST_KEY_PREFIX`](crate::host_keys::HOST_KEY_PREFIX): every
+    /// annotation under a grant prefix is read as a grant, so host keys never are.
     pub fn new(prefix: &str) -> Result<Self, PrefixError> {
         if !crate::node_name::is_dns_subdomain(prefix) {
-            return Err(PrefixError {
+            return Err(PrefixError::Invalid {
+                prefix: prefix.into(),
+            });
+        }
+        if prefix == crate::host_keys::HOST_KEY_PREFIX {
+            return Err(PrefixError::HostKeyPrefix {
                 prefix: prefix.into(),
             });
         }
@@ -85,6 +103,10 @@ mod tests {
         ] {
             assert!(AnnotationPrefix::new(bad).is_err(), "{bad}");
         }
+        assert!(matches!(
+            AnnotationPrefix::new(crate::host_keys::HOST_KEY_PREFIX),
+            Err(PrefixError::HostKeyPrefix { .. })
+        ));
     }
 
     #[test]

@@ -85,6 +85,16 @@ pub enum Command {
   kubectl keyctl --context prod ssh-config --domain prod.k8s
   kubectl keyctl ssh-config --nodes --user core")]
     SshConfig(crate::commands::ssh_config::SshConfigArgs),
+    /// Print a node's published SSH host keys as known_hosts lines (for ssh's KnownHostsCommand).
+    #[command(
+        after_help = "In ~/.ssh/config (ssh runs only absolute paths here, hence /usr/bin/env):
+  Host *.k8s
+      KnownHostsCommand /usr/bin/env kubectl keyctl known-hosts --domain k8s %H
+      StrictHostKeyChecking yes
+Prints only the lines of keys the node published (authorized-keys-cmd publish-host-keys),
+their host field exactly HOST; exit status 1 and nothing printed when it published none."
+    )]
+    KnownHosts(KnownHostsArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     #[command(hide = true)]
     Completions {
@@ -201,6 +211,23 @@ pub struct PruneArgs {
     /// Show what would be removed, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `keyctl known-hosts`.
+#[derive(Debug, Args)]
+pub struct KnownHostsArgs {
+    /// The host as ssh looks it up (`%H`): NODE, NODE.DOMAIN, [NODE.DOMAIN]:PORT, or a HostKeyAlias.
+    #[arg(value_name = "HOST")]
+    pub host: String,
+    /// Remove a trailing .DOMAIN from HOST to get the node name (e.g. k8s for node1.k8s).
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
+    /// Why ssh asks (its %I: ORDER, HOSTNAME or ADDRESS). ssh stops at any failure of the
+    /// command, and asks for ORDER with the host as typed even when HostKeyAlias is set: with
+    /// ORDER or ADDRESS, a HOST that names no node with keys prints nothing and exits 0, and
+    /// the HOSTNAME query decides.
+    #[arg(long, value_name = "REASON")]
+    pub invocation: Option<String>,
 }
 
 /// `keyctl janitor`.

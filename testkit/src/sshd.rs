@@ -135,6 +135,13 @@ impl Sshd {
     /// Starts sshd with a fresh host key in `scratch`, listening on 127.0.0.1 only, public key
     /// authentication only, and waits until it accepts connections.
     pub fn start(scratch: &Scratch, name: &str, keys: &KeySource) -> Sshd {
+        Self::start_with(scratch, name, keys, "")
+    }
+
+    /// [`Sshd::start`] with `extra` lines appended to sshd_config (more `HostKey`s, a
+    /// `HostCertificate`, ...). The directory is `scratch/NAME`; keys put there before the
+    /// start (such as `ssh_host_ed25519_key`) are used as they are.
+    pub fn start_with(scratch: &Scratch, name: &str, keys: &KeySource, extra: &str) -> Sshd {
         fs::create_dir_all("/run/sshd").expect("create /run/sshd (privilege separation dir)");
         let dir = scratch.join(name);
         fs::create_dir_all(&dir).expect("create sshd dir");
@@ -171,7 +178,8 @@ MaxStartups 200
 MaxSessions 200
 LogLevel VERBOSE
 Subsystem sftp /usr/lib/openssh/sftp-server
-{key_lines}",
+{key_lines}{extra}
+",
             host_key = host_key.display(),
             pid = dir.join("sshd.pid").display(),
         );

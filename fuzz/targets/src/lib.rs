@@ -21,6 +21,7 @@ pub type Check = fn(&[u8]) -> Reached;
 pub const TARGETS: &[(&str, Check)] = &[
     ("grant_annotation", grant_annotation),
     ("authorized_keys_output", authorized_keys_output),
+    ("host_key_annotation", host_key_annotation),
 ];
 
 /// How far an input got; a property that does not hold panics instead.
@@ -151,4 +152,64 @@ pub fn authorized_keys_output(data: &[u8]) -> Reached {
     } else {
         Reached::Checked
     }
+}
+
+/// The host key parser (`docs/host-key-format.md`): from any annotations under the host-key
+/// prefix, what is accepted is exactly what was published (canonical `TYPE BASE64`, of the
+/// annotation's algorithm; certificates only of a published plain key), it round-trips through
+/// what `publish-host-keys` would write, and every `known_hosts` line `keyctl known-hosts`
+/// prints is `HOST TYPE BASE64` with nothing else in it.
+///
+/// Input: `NAME\0VALUE` pairs separated by `\0` (`NAME\0VALUE\0NAME\0VALUE...`), names after
+/// the prefix; without `\0`, the whole input is one value under the name its type implies.
+pub fn host_key_annotation(data: &[u8]) -> Reached {
+    use nodegate_core::host_keys::{HOST_KEY_PREFIX, KnownHostsHost, NodeHostKeys};
+
+    let Ok(text) = std::str::from_utf8(data) else {
+        return Reached::Refused;
+    };
+    let mut annotations: BTreeMap<String, String> = BTreeMap::new();
+    if text.contains('\0') {
+        let mut parts = text.split('\0');
+        while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+            annotations.insert(format!("{HOST_KEY_PREFIX}/{name}"), value.to_owned());
+        }
+    } else {
+        let kind = text.split(' ').next().unwrap_or_default();
+        let name = match kind.strip_suffix("-cert-v01@openssh.com") {
+            Some(base) => format!("{base}-cert"),
+            None => kind.to_owned(),
+        };
+        annotations.insert(format!("{HOST_KEY_PREFIX}/{name}"), text.to_owned());
+    }
+    let found = NodeHostKeys::scan(annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    if found.is_empty() {
+        assert!(
+            found.certificates.is_empty(),
+            "a certificate without its key"
+        );
+        return Reached::Refused;
+    }
+    // Accepted values are exactly what was on the Node, under the names they imply.
+    let written = found.annotations();
+    for (key, value) in &written {
+        assert_eq!(annotations.get(key), Some(value), "{key}");
+    }
+    for (algorithm, cert) in &found.certificates {
+        assert_eq!(found.keys.get(algorithm), Some(cert.key()));
+    }
+    let again = NodeHostKeys::scan(written.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    assert_eq!(again.keys, found.keys);
+    assert_eq!(again.certificates, found.certificates);
+    assert!(again.invalid.is_empty());
+    let host = KnownHostsHost::parse("[node1.k8s]:2222", Some("k8s")).expect("a valid host");
+    for line in found.known_hosts_lines(&host) {
+        assert!(!line.chars().any(is_forbidden_char), "{line:?}");
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 3, "{line:?}");
+        assert_eq!(fields[0], "[node1.k8s]:2222");
+        assert!(KEY_TYPES.contains(&fields[1]), "{line:?}");
+        assert!(!fields[1].starts_with("sk-"), "{line:?}");
+    }
+    Reached::Checked
 }

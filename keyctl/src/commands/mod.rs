@@ -2,6 +2,7 @@
 
 pub mod grant;
 pub mod janitor;
+pub mod known_hosts;
 pub mod list;
 pub mod remove;
 pub mod ssh;

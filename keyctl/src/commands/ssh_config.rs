@@ -139,7 +139,7 @@ pub async fn run(connection: &Connection, args: &SshConfigArgs) -> anyhow::Resul
 /// How ssh is to run keyctl.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Program {
-    /// `kubectl keyctl`: the plugin, found on PATH wherever it was installed.
+    /// `/usr/bin/env kubectl keyctl`: the plugin, found on PATH wherever it was installed.
     KubectlPlugin,
     /// A binary by its path.
     Binary(PathBuf),
@@ -149,7 +149,11 @@ pub enum Program {
 /// other than the default), each quoted for ssh_config's `ProxyCommand` and `KnownHostsCommand`.
 pub fn keyctl_words(program: &Program, connection: &Connection) -> anyhow::Result<Vec<String>> {
     let mut words = match program {
-        Program::KubectlPlugin => vec!["kubectl".to_owned(), "keyctl".to_owned()],
+        // ssh runs a KnownHostsCommand only by an absolute path ("path is not absolute"
+        // otherwise); /usr/bin/env then finds kubectl on PATH as a shell would.
+        Program::KubectlPlugin => ["/usr/bin/env", "kubectl", "keyctl"]
+            .map(str::to_owned)
+            .to_vec(),
         Program::Binary(path) => vec![path_word(path).context("this binary's path")?],
     };
     if let Some(kubeconfig) = &connection.kubeconfig {
@@ -354,6 +358,7 @@ mod tests {
         assert_eq!(
             words,
             [
+                "/usr/bin/env",
                 "kubectl",
                 "keyctl",
                 "--kubeconfig",
@@ -371,7 +376,16 @@ mod tests {
         let mut other_prefix = connection(None, None);
         other_prefix.prefix = AnnotationPrefix::new("ssh.example.com").unwrap();
         let words = keyctl_words(&Program::KubectlPlugin, &other_prefix).unwrap();
-        assert_eq!(words, ["kubectl", "keyctl", "--prefix", "ssh.example.com"]);
+        assert_eq!(
+            words,
+            [
+                "/usr/bin/env",
+                "kubectl",
+                "keyctl",
+                "--prefix",
+                "ssh.example.com"
+            ]
+        );
         assert!(keyctl_words(&Program::KubectlPlugin, &connection(None, Some("it's"))).is_err());
     }
 
@@ -382,14 +396,14 @@ mod tests {
                 domain: "k8s".into(),
             },
             user: Some("root".into()),
-            keyctl: vec!["kubectl".into(), "keyctl".into()],
+            keyctl: vec!["/usr/bin/env".into(), "kubectl".into(), "keyctl".into()],
             via: None,
         };
         let text = render(&spec);
         let expected = "Host *.k8s
     User root
-    ProxyCommand kubectl keyctl proxy --domain k8s %h %p
-    KnownHostsCommand kubectl keyctl known-hosts --domain k8s %H
+    ProxyCommand /usr/bin/env kubectl keyctl proxy --domain k8s %h %p
+    KnownHostsCommand /usr/bin/env kubectl keyctl known-hosts --domain k8s %H
     StrictHostKeyChecking yes
     UserKnownHostsFile /dev/null
     GlobalKnownHostsFile /dev/null
