@@ -73,6 +73,10 @@ pub enum Command {
     Prune(PruneArgs),
     /// Keep watching Nodes and remove grants as they expire (the in-cluster janitor).
     Janitor(JanitorArgs),
+    /// Connect stdin/stdout to a node's sshd: OpenSSH's ProxyCommand (`%h %p`).
+    Proxy(crate::commands::proxy::ProxyArgs),
+    /// List and delete helper pods that `keyctl proxy` left behind.
+    Gc(crate::commands::proxy::GcArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     #[command(hide = true)]
     Completions {

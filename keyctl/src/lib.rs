@@ -36,6 +36,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List(args) => commands::list::run(&session().await?, args).await?,
         Command::Prune(args) => commands::remove::prune(&session().await?, args).await?,
         Command::Janitor(args) => commands::janitor::run(&session().await?, args).await?,
+        Command::Proxy(args) => commands::proxy::run_and_exit(&cli.connection, args).await,
+        Command::Gc(args) => commands::proxy::gc(&session().await?, args).await?,
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,

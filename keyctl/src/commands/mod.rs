@@ -3,6 +3,7 @@
 pub mod grant;
 pub mod janitor;
 pub mod list;
+pub mod proxy;
 pub mod remove;
 
 use chrono::{DateTime, Utc};
