@@ -13,6 +13,8 @@
 //!   [`Kubelet::spawn_in_node`];
 //! - has one image, [`TEST_IMAGE`]: busybox with test users (see [`TEST_USERS`]), built by hand as
 //!   an OCI tarball and imported (no registry is reachable); it is also the sandbox image;
+//! - runs with `--cloud-provider=external`, so its `status.addresses` are the harness's (see
+//!   [`Kubelet::set_addresses`]), never the machine's own IP;
 //! - has a CNI network config but no CNI plugin: the node is Ready, yet only
 //!   `hostNetwork: true` pods start.
 //!
