@@ -533,7 +533,12 @@ async fn run(connection: &Connection, args: &ProxyArgs) -> anyhow::Result<i32> {
     match ended {
         Ended::Finished(code) => Ok(code),
         Ended::Interrupted { signal, pod } => {
-            eprintln!("keyctl proxy: interrupted by {signal}; helper pod {pod} deleted");
+            // ssh ends its ProxyCommand with SIGHUP when it is done, so that one is no news.
+            if signal == "SIGHUP" {
+                tracing::debug!("ended by SIGHUP; helper pod {pod} deleted");
+            } else {
+                eprintln!("keyctl proxy: interrupted by {signal}; helper pod {pod} deleted");
+            }
             Ok(i32::from(Signals::exit_code(signal)))
         }
     }
