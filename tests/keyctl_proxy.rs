@@ -15,6 +15,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -29,8 +30,12 @@ use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
 const PROXY_USERS: &str = "nodegate-keyctl-proxy-users";
 /// An API-only node whose address answers (the test sshd's, 127.0.0.1).
 const DIRECT_NODE: &str = "direct1";
-/// What the kubelet node advertises: loopback, but nothing listens there.
+/// What the kubelet node advertises first: loopback, but nothing listens there (refused).
 const SILENT_ADDRESS: &str = "127.0.0.2";
+/// What it advertises next: loopback, with a listener whose accept queue the test filled, so
+/// that connections are never accepted (the kernel drops the SYNs): a timeout, as from a
+/// firewalled address.
+const MUTE_ADDRESS: &str = "127.0.0.3";
 
 struct Env {
     cluster: &'static Cluster,
@@ -38,6 +43,22 @@ struct Env {
     sshd: Sshd,
     key: SshKey,
     _scratch: Scratch,
+    _mute: (TcpListener, Vec<TcpStream>),
+}
+
+/// A listener on `MUTE_ADDRESS:port` that never accepts, its queue filled until a connection
+/// attempt times out.
+fn mute_listener(port: u16) -> (TcpListener, Vec<TcpStream>) {
+    let listener = TcpListener::bind((MUTE_ADDRESS, port)).expect("bind the mute listener");
+    let address = listener.local_addr().expect("address");
+    let mut held = Vec::new();
+    for _ in 0..4096 {
+        match TcpStream::connect_timeout(&address, Duration::from_millis(300)) {
+            Ok(stream) => held.push(stream),
+            Err(_) => return (listener, held),
+        }
+    }
+    panic!("the listener on {address} kept accepting");
 }
 
 fn env() -> &'static Env {
@@ -84,7 +105,11 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: viewers}]
     let sshd = Sshd::start(&scratch, "sshd", &KeySource::File(authorized));
     // The kubelet's node advertises an address that does not answer; an API-only node advertises
     // the sshd's.
-    kubelet.set_addresses(cluster, &[("InternalIP", SILENT_ADDRESS)]);
+    let mute = mute_listener(sshd.port);
+    kubelet.set_addresses(
+        cluster,
+        &[("InternalIP", SILENT_ADDRESS), ("ExternalIP", MUTE_ADDRESS)],
+    );
     cluster.create_node(DIRECT_NODE);
     cluster.patch_node_status(
         DIRECT_NODE,
@@ -99,6 +124,7 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: viewers}]
         sshd,
         key,
         _scratch: scratch,
+        _mute: mute,
     }
 }
 
@@ -259,12 +285,20 @@ fn auto_falls_back_to_the_api_server_when_the_address_does_not_answer() {
     // Direct only: the same node is refused with what each address said.
     let direct = Checked::run(keyctl_proxy(
         &me,
-        &["--via", "direct", env.kubelet.node_name(), &env.sshd.port.to_string()],
+        &[
+            "--via",
+            "direct",
+            "--connect-timeout",
+            "1s",
+            env.kubelet.node_name(),
+            &env.sshd.port.to_string(),
+        ],
     ).stdin(Stdio::null()));
     direct
         .code_is(1)
         .says("no address of node localhost answered")
-        .says(SILENT_ADDRESS)
+        .says(&format!("{SILENT_ADDRESS}: Connection refused"))
+        .says(&format!("{MUTE_ADDRESS}: no answer within 1s"))
         .says("try --via api");
     assert!(direct.stdout.is_empty());
 }
