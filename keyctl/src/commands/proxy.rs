@@ -213,6 +213,16 @@ pub enum ProxyError {
         /// What dialling it said.
         tried: String,
     },
+    /// The node's kubelet does not report, so no helper pod can start there.
+    #[error(
+        "node {node}: no address answered ({tried}), and its kubelet is not reporting, so no helper pod can start there; try the cloud provider's serial console"
+    )]
+    NotReporting {
+        /// The node.
+        node: String,
+        /// What each address said, if tried.
+        tried: String,
+    },
     /// The caller may not read the node, which the direct path needs.
     #[error("you may not read node {node}, so its addresses are unknown. {advice}")]
     NodeForbidden {
@@ -407,13 +417,17 @@ async fn run(connection: &Connection, args: &ProxyArgs) -> anyhow::Result<i32> {
     let client = connected.client.clone();
     progress.say(format!("looking up node {node}"));
     let nodes: Api<Node> = Api::all(client.clone());
+    let mut readiness = None;
     let addresses = match nodes.get(&node).await {
-        Ok(found) => Some(
-            found
-                .status
-                .and_then(|s| s.addresses)
-                .unwrap_or_default(),
-        ),
+        Ok(found) => {
+            readiness = Some(helper_pod::node_readiness(&found));
+            Some(
+                found
+                    .status
+                    .and_then(|s| s.addresses)
+                    .unwrap_or_default(),
+            )
+        }
         Err(error) if status::is_not_found(&error) => {
             progress.finish();
             let from = if node == args.host {
@@ -466,7 +480,7 @@ async fn run(connection: &Connection, args: &ProxyArgs) -> anyhow::Result<i32> {
         }
     };
 
-    let mut tried = String::from("not tried");
+    let mut tried = String::from("not tried with --via api");
     if try_direct {
         let candidates = direct_candidates(addresses.as_deref().unwrap_or_default(), &args.address_types);
         progress.say(format!("connecting to {node} ({})", candidates.join(", ")));
@@ -490,6 +504,13 @@ async fn run(connection: &Connection, args: &ProxyArgs) -> anyhow::Result<i32> {
         progress.say(format!("no address of {node} answered ({tried}); going through the API server"));
     }
 
+    // A kubelet that does not report would never start the helper pod: say so now, not after
+    // the start timeout. One that reports NotReady (its pod network is down...) is tried: the
+    // helper uses the host's network.
+    if let Some(helper_pod::NodeReadiness::NotReporting { .. }) = readiness {
+        progress.finish();
+        return Err(ProxyError::NotReporting { node, tried }.into());
+    }
     let namespace = args.helper_namespace.as_str();
     let permissions = helper_pod::access::helper_permissions(namespace);
     if let Err(error) = helper_pod::access::require(&client, &TOOL, &permissions).await {
