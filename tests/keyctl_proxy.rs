@@ -14,8 +14,8 @@
 //! `cargo test -p nodegate-tests --test keyctl_proxy`.
 
 use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -194,7 +194,9 @@ fn helper_pods(user: &str) -> Vec<String> {
             "-n",
             "nodegate-system",
             "-l",
-            &format!("app.kubernetes.io/managed-by=keyctl-proxy,nodegate.dev/keyctl-proxy-user={user}"),
+            &format!(
+                "app.kubernetes.io/managed-by=keyctl-proxy,nodegate.dev/keyctl-proxy-user={user}"
+            ),
             "-o",
             "name",
         ])
@@ -221,7 +223,11 @@ fn ssh_through_the_api_server_runs_a_command_and_passes_its_exit_code() {
     assert_eq!(out.stdout, "through-the-api\n", "{out}");
     assert_no_pods("api-user");
     // The session really went through the pod: sshd saw it from loopback.
-    assert!(env.sshd.log().contains("from 127.0.0.1"), "{}", env.sshd.log());
+    assert!(
+        env.sshd.log().contains("from 127.0.0.1"),
+        "{}",
+        env.sshd.log()
+    );
 }
 
 #[test]
@@ -229,13 +235,19 @@ fn a_big_stream_goes_through_the_api_server_intact() {
     let env = env();
     let me = kubeconfig("api-bulk", &[PROXY_USERS]);
     // 8 MiB both ways: stdin to the node, its digest back.
-    let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
-    let mut child = ssh(&proxy_command(&me, "--via api"), env.kubelet.node_name(), "sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run ssh");
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let mut child = ssh(
+        &proxy_command(&me, "--via api"),
+        env.kubelet.node_name(),
+        "sha256sum",
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("run ssh");
     let mut input = child.stdin.take().expect("piped");
     let sent = data.clone();
     let writer = std::thread::spawn(move || input.write_all(&sent));
@@ -247,7 +259,11 @@ fn a_big_stream_goes_through_the_api_server_intact() {
             .stdout(Stdio::piped())
             .spawn()
             .expect("sha256sum");
-        sum.stdin.take().expect("piped").write_all(&data).expect("write");
+        sum.stdin
+            .take()
+            .expect("piped")
+            .write_all(&data)
+            .expect("write");
         String::from_utf8(sum.wait_with_output().expect("wait").stdout).expect("utf8")
     };
     assert_eq!(out.ok(), expected);
@@ -283,17 +299,20 @@ fn auto_falls_back_to_the_api_server_when_the_address_does_not_answer() {
     assert_eq!(out.stdout, "fell-back\n", "{out}");
     assert_no_pods("auto-user");
     // Direct only: the same node is refused with what each address said.
-    let direct = Checked::run(keyctl_proxy(
-        &me,
-        &[
-            "--via",
-            "direct",
-            "--connect-timeout",
-            "1s",
-            env.kubelet.node_name(),
-            &env.sshd.port.to_string(),
-        ],
-    ).stdin(Stdio::null()));
+    let direct = Checked::run(
+        keyctl_proxy(
+            &me,
+            &[
+                "--via",
+                "direct",
+                "--connect-timeout",
+                "1s",
+                env.kubelet.node_name(),
+                &env.sshd.port.to_string(),
+            ],
+        )
+        .stdin(Stdio::null()),
+    );
     direct
         .code_is(1)
         .says("no address of node localhost answered")
@@ -318,7 +337,9 @@ fn a_user_without_the_role_is_refused_before_anything_is_created() {
     let auto =
         Checked::run(keyctl_proxy(&me, &[env.kubelet.node_name(), &port]).stdin(Stdio::null()));
     auto.code_is(1)
-        .says(&format!("no address of node localhost answered on port {port}"))
+        .says(&format!(
+            "no address of node localhost answered on port {port}"
+        ))
         .says("refused before creating anything")
         .says("nodegate-keyctl-proxy");
     assert!(helper_pods("viewer").is_empty());
@@ -350,16 +371,23 @@ fn with_the_api_server_unreachable_the_host_itself_is_tried() {
     let dead = good.with_file_name("outage-dead.kubeconfig");
     std::fs::write(
         &dead,
-        text.replace(env.cluster.server(), &format!("https://127.0.0.1:{}", free_port())),
+        text.replace(
+            env.cluster.server(),
+            &format!("https://127.0.0.1:{}", free_port()),
+        ),
     )
     .expect("write kubeconfig");
-    let out = Checked::run(&mut ssh(&proxy_command(&dead, ""), "127.0.0.1", "echo still-direct"));
+    let out = Checked::run(&mut ssh(
+        &proxy_command(&dead, ""),
+        "127.0.0.1",
+        "echo still-direct",
+    ));
     assert_eq!(out.ok(), "still-direct\n");
     assert!(out.stderr.contains("cannot reach the API server"), "{out}");
-    let api = Checked::run(
-        keyctl_proxy(&dead, &["--via", "api", "node1", "22"]).stdin(Stdio::null()),
-    );
-    api.code_is(1).says("cannot reach the API server to look node node1 up");
+    let api =
+        Checked::run(keyctl_proxy(&dead, &["--via", "api", "node1", "22"]).stdin(Stdio::null()));
+    api.code_is(1)
+        .says("cannot reach the API server to look node node1 up");
 }
 
 /// Starts a proxy through the API server, waits for sshd's banner through it, then ends it with
@@ -369,7 +397,12 @@ fn interrupted(user: &str, how: &str, code: i32) {
     let me = kubeconfig(user, &[PROXY_USERS]);
     let mut child = keyctl_proxy(
         &me,
-        &["--via", "api", env.kubelet.node_name(), &env.sshd.port.to_string()],
+        &[
+            "--via",
+            "api",
+            env.kubelet.node_name(),
+            &env.sshd.port.to_string(),
+        ],
     )
     .stdin(Stdio::piped())
     .stdout(Stdio::piped())
@@ -381,7 +414,9 @@ fn interrupted(user: &str, how: &str, code: i32) {
     let pid = child.id();
     let mut child = KillOnDrop::new(child);
     let mut banner = [0u8; 8];
-    stdout.read_exact(&mut banner).expect("sshd's banner through the proxy");
+    stdout
+        .read_exact(&mut banner)
+        .expect("sshd's banner through the proxy");
     assert_eq!(&banner, b"SSH-2.0-");
     assert_eq!(helper_pods(user).len(), 1, "one helper pod while connected");
     if how == "EOF" {
@@ -399,7 +434,10 @@ fn interrupted(user: &str, how: &str, code: i32) {
     let out = Checked::of(format!("keyctl proxy ended by {how}"), out);
     assert!(exited, "{out}");
     out.code_is(code);
-    assert!(helper_pods(user).is_empty(), "helper pod left after {how}: {out}");
+    assert!(
+        helper_pods(user).is_empty(),
+        "helper pod left after {how}: {out}"
+    );
 }
 
 #[test]

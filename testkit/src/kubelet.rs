@@ -243,7 +243,12 @@ impl Kubelet {
         };
         kubelet.wait_registered(cluster);
         kubelet.set_addresses(cluster, &[]);
-        cluster.kubectl_ok(&["taint", "node", NODE_NAME, &format!("{UNINITIALIZED_TAINT}-")]);
+        cluster.kubectl_ok(&[
+            "taint",
+            "node",
+            NODE_NAME,
+            &format!("{UNINITIALIZED_TAINT}-"),
+        ]);
         kubelet
     }
 

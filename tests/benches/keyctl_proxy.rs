@@ -86,7 +86,9 @@ fn main() {
     println!(
         "(real kube-apiserver + kubelet 1.20 + containerd + sshd on this machine, all on loopback;"
     );
-    println!(" times include the ssh login and, through the API, the helper pod's start and deletion)");
+    println!(
+        " times include the ssh login and, through the API, the helper pod's start and deletion)"
+    );
     println!();
     println!(
         "{:<40} {:>10} {:>12} {:>12} {:>14}",

@@ -97,10 +97,12 @@ pub enum Via {
 
 /// `keyctl proxy`.
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "Use as OpenSSH's ProxyCommand (stdout is the SSH stream; messages go to stderr):
+#[command(
+    after_help = "Use as OpenSSH's ProxyCommand (stdout is the SSH stream; messages go to stderr):
   ssh -o 'ProxyCommand kubectl keyctl proxy %h %p' root@node1
   Host *.k8s
-    ProxyCommand kubectl keyctl proxy --domain k8s %h %p")]
+    ProxyCommand kubectl keyctl proxy --domain k8s %h %p"
+)]
 pub struct ProxyArgs {
     /// The host as ssh passes it (%h): a node name, or NODE.DOMAIN with --domain.
     #[arg(value_name = "HOST")]
@@ -244,7 +246,9 @@ pub enum ProxyError {
         tried: String,
     },
     /// The stream through the API server broke.
-    #[error("lost the connection to the helper pod on node {0} (the API server, kubelet or network dropped it)")]
+    #[error(
+        "lost the connection to the helper pod on node {0} (the API server, kubelet or network dropped it)"
+    )]
     Lost(String),
     /// The exec into the helper pod failed.
     #[error("exec into helper pod {pod}")]
@@ -396,7 +400,8 @@ impl helper_pod::Progress for Progress {
     }
 
     fn warn(&self, message: &str) {
-        self.bar.suspend(|| eprintln!("keyctl proxy: warning: {message}"));
+        self.bar
+            .suspend(|| eprintln!("keyctl proxy: warning: {message}"));
     }
 }
 
@@ -421,12 +426,7 @@ async fn run(connection: &Connection, args: &ProxyArgs) -> anyhow::Result<i32> {
     let addresses = match nodes.get(&node).await {
         Ok(found) => {
             readiness = Some(helper_pod::node_readiness(&found));
-            Some(
-                found
-                    .status
-                    .and_then(|s| s.addresses)
-                    .unwrap_or_default(),
-            )
+            Some(found.status.and_then(|s| s.addresses).unwrap_or_default())
         }
         Err(error) if status::is_not_found(&error) => {
             progress.finish();
@@ -442,7 +442,8 @@ async fn run(connection: &Connection, args: &ProxyArgs) -> anyhow::Result<i32> {
                 progress.finish();
                 return Err(ProxyError::NodeForbidden {
                     node,
-                    advice: crate::access::VIEWER_ROLE.advice(&identity::caller_name(&client, &connected.config).await),
+                    advice: crate::access::VIEWER_ROLE
+                        .advice(&identity::caller_name(&client, &connected.config).await),
                 }
                 .into());
             }
@@ -454,8 +455,9 @@ async fn run(connection: &Connection, args: &ProxyArgs) -> anyhow::Result<i32> {
             let reason = nodegate_cluster_client::describe_kube_error(&error);
             progress.finish();
             if !try_direct {
-                return Err(anyhow::Error::new(error)
-                    .context(format!("cannot reach the API server to look node {node} up")));
+                return Err(anyhow::Error::new(error).context(format!(
+                    "cannot reach the API server to look node {node} up"
+                )));
             }
             eprintln!(
                 "keyctl proxy: cannot reach the API server ({reason}); trying {} directly",
@@ -482,7 +484,10 @@ async fn run(connection: &Connection, args: &ProxyArgs) -> anyhow::Result<i32> {
 
     let mut tried = String::from("not tried with --via api");
     if try_direct {
-        let candidates = direct_candidates(addresses.as_deref().unwrap_or_default(), &args.address_types);
+        let candidates = direct_candidates(
+            addresses.as_deref().unwrap_or_default(),
+            &args.address_types,
+        );
         progress.say(format!("connecting to {node} ({})", candidates.join(", ")));
         match dial(&candidates, args.port, args.connect_timeout).await {
             Ok((stream, address)) => {
@@ -501,7 +506,9 @@ async fn run(connection: &Connection, args: &ProxyArgs) -> anyhow::Result<i32> {
             }
             .into());
         }
-        progress.say(format!("no address of {node} answered ({tried}); going through the API server"));
+        progress.say(format!(
+            "no address of {node} answered ({tried}); going through the API server"
+        ));
     }
 
     // A kubelet that does not report would never start the helper pod: say so now, not after
@@ -548,7 +555,15 @@ async fn run(connection: &Connection, args: &ProxyArgs) -> anyhow::Result<i32> {
     let port = args.port;
     let wait = args.connect_timeout.as_secs().max(1);
     let ended = helper_pod::run(&client, lifecycle, &progress, &mut signals, |running| {
-        through_pod(stream_client, running, &node, port, wait, &inside, &progress)
+        through_pod(
+            stream_client,
+            running,
+            &node,
+            port,
+            wait,
+            &inside,
+            &progress,
+        )
     })
     .await?;
     match ended {
@@ -622,7 +637,12 @@ async fn dial(
 ) -> Result<(tokio::net::TcpStream, String), String> {
     let mut tried = Vec::new();
     for candidate in candidates {
-        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((candidate.as_str(), port))).await {
+        match tokio::time::timeout(
+            timeout,
+            tokio::net::TcpStream::connect((candidate.as_str(), port)),
+        )
+        .await
+        {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 return Ok((stream, candidate.clone()));
@@ -789,11 +809,14 @@ pub async fn gc(session: &crate::session::Session, args: &GcArgs) -> anyhow::Res
     )
     .await?;
     if swept.is_empty() {
-        println!("no helper pods of keyctl proxy in {}", args.helper_namespace);
+        println!(
+            "no helper pods of keyctl proxy in {}",
+            args.helper_namespace
+        );
         return Ok(true);
     }
     let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::NOTHING);
+    table.load_style(comfy_table::presets::NOTHING);
     table.set_header(["POD", "NODE", "USER", "STATE", "ACTION"]);
     let mut ok = true;
     for one in &swept {
@@ -910,7 +933,8 @@ mod tests {
 
     #[test]
     fn the_helper_pod_is_unprivileged_on_the_hosts_network_only() {
-        let cli = crate::cli::Cli::parse_from(["keyctl", "proxy", "--domain", "k8s", "node1.k8s", "22"]);
+        let cli =
+            crate::cli::Cli::parse_from(["keyctl", "proxy", "--domain", "k8s", "node1.k8s", "22"]);
         let crate::cli::Command::Proxy(args) = cli.command else {
             panic!("not proxy");
         };
@@ -923,15 +947,26 @@ mod tests {
         assert_eq!(spec.host_pid, Some(false));
         assert_eq!(spec.host_ipc, Some(false));
         assert_eq!(spec.automount_service_account_token, Some(false));
-        assert_eq!(spec.tolerations.expect("tolerations")[0].operator.as_deref(), Some("Exists"));
-        let security = spec.containers[0].security_context.clone().expect("context");
+        assert_eq!(
+            spec.tolerations.expect("tolerations")[0]
+                .operator
+                .as_deref(),
+            Some("Exists")
+        );
+        let security = spec.containers[0]
+            .security_context
+            .clone()
+            .expect("context");
         assert_eq!(security.privileged, Some(false));
         assert_eq!(security.run_as_non_root, Some(true));
         assert_eq!(security.read_only_root_filesystem, Some(true));
         assert_eq!(security.allow_privilege_escalation, Some(false));
         let labels = pod.metadata.labels.expect("labels");
         assert_eq!(labels[helper_pod::MANAGED_BY_LABEL], MANAGED_BY);
-        assert_eq!(pod.metadata.generate_name.as_deref(), Some("keyctl-proxy-node1-"));
+        assert_eq!(
+            pod.metadata.generate_name.as_deref(),
+            Some("keyctl-proxy-node1-")
+        );
     }
 
     #[test]
