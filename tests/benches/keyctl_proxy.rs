@@ -136,7 +136,9 @@ fn transfer(setup: &Setup, via: &str, direction: Direction) -> (Duration, u64) {
     let rss_file = setup.scratch.join("rss");
     let _ = std::fs::remove_file(&rss_file);
     let proxy = format!(
-        "/usr/bin/time -o {rss} -f %%M {keyctl} --kubeconfig {admin} proxy --quiet --via {via} --image {image} --image-pull-policy Never %h %p",
+        // ssh ends its ProxyCommand with SIGHUP: GNU time ignores it (keyctl, which catches it,
+        // still gets it), so that it lives to write the figure.
+        "sh -c 'trap \"\" HUP; exec /usr/bin/time -o {rss} -f %%M {keyctl} --kubeconfig {admin} proxy --quiet --via {via} --image {image} --image-pull-policy Never %h %p'",
         rss = rss_file.display(),
         keyctl = workspace_bin("keyctl").display(),
         admin = setup.admin.display(),
