@@ -95,6 +95,10 @@ Prints only the lines of keys the node published (authorized-keys-cmd publish-ho
 their host field exactly HOST; exit status 1 and nothing printed when it published none."
     )]
     KnownHosts(KnownHostsArgs),
+    /// Connect stdin/stdout to a node's sshd: OpenSSH's ProxyCommand (`%h %p`).
+    Proxy(crate::commands::proxy::ProxyArgs),
+    /// List and delete helper pods that `keyctl proxy` left behind.
+    Gc(crate::commands::proxy::GcArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     #[command(hide = true)]
     Completions {

@@ -43,6 +43,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::SshConfig(args) => commands::ssh_config::run(&cli.connection, args).await?,
         Command::KnownHosts(args) => commands::known_hosts::run(&session().await?, args).await?,
+        Command::Proxy(args) => commands::proxy::run_and_exit(&cli.connection, args).await,
+        Command::Gc(args) => commands::proxy::gc(&session().await?, args).await?,
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,

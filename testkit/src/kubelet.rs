@@ -13,6 +13,8 @@
 //!   [`Kubelet::spawn_in_node`];
 //! - has one image, [`TEST_IMAGE`]: busybox with test users (see [`TEST_USERS`]), built by hand as
 //!   an OCI tarball and imported (no registry is reachable); it is also the sandbox image;
+//! - runs with `--cloud-provider=external`, so its `status.addresses` are the harness's (see
+//!   [`Kubelet::set_addresses`]), never the machine's own IP;
 //! - has a CNI network config but no CNI plugin: the node is Ready, yet only
 //!   `hostNetwork: true` pods start.
 //!
@@ -34,6 +36,9 @@ use crate::process::{Daemon, SH_RUNNING, Scratch, free_port, last_lines, start_t
 pub const NODE_NAME: &str = "localhost";
 /// The image every pod on this node can use (`imagePullPolicy: Never`).
 pub const TEST_IMAGE: &str = "localhost/busybox:1";
+/// The taint a kubelet with `--cloud-provider=external` registers with, until a cloud controller
+/// initializes the node (here: the harness, which sets the addresses and removes it).
+pub const UNINITIALIZED_TAINT: &str = "node.cloudprovider.kubernetes.io/uninitialized";
 /// Held while a kubelet runs, so that test binaries do not run two at once.
 pub const LOCK_FILE: &str = "/tmp/nodegate-kubelet.lock";
 
@@ -189,6 +194,10 @@ impl Kubelet {
             "--serialize-image-pulls=false".into(),
             // The node shares the machine's network namespace: leave its firewall alone.
             "--make-iptables-util-chains=false".into(),
+            // Leave `status.addresses` to "a cloud controller", i.e. the harness: otherwise the
+            // kubelet advertises the machine's own IP, which tests must never dial. It then
+            // registers with the `uninitialized` taint, which the harness removes.
+            "--cloud-provider=external".into(),
             "--v=2".into(),
         ];
         let mut command = Command::new("unshare");
@@ -233,7 +242,32 @@ impl Kubelet {
             _lock: lock,
         };
         kubelet.wait_registered(cluster);
+        kubelet.set_addresses(cluster, &[]);
+        cluster.kubectl_ok(&[
+            "taint",
+            "node",
+            NODE_NAME,
+            &format!("{UNINITIALIZED_TAINT}-"),
+        ]);
         kubelet
+    }
+
+    /// Sets the node's `status.addresses` to `addresses` (type, address) plus `Hostname`
+    /// [`NODE_NAME`], which the API server dials the kubelet by. The kubelet runs with
+    /// `--cloud-provider=external`, so it never writes its own (the machine's IP) over them.
+    /// Never give it an address of the machine's other interfaces: tests would dial it.
+    pub fn set_addresses(&self, cluster: &Cluster, addresses: &[(&str, &str)]) {
+        let mut list: Vec<serde_json::Value> = vec![serde_json::json!({"$patch": "replace"})];
+        list.extend(
+            addresses
+                .iter()
+                .map(|(kind, address)| serde_json::json!({"type": kind, "address": address})),
+        );
+        list.push(serde_json::json!({"type": "Hostname", "address": NODE_NAME}));
+        cluster.patch_node_status(
+            &self.node,
+            &serde_json::json!({"status": {"addresses": list}}),
+        );
     }
 
     /// The status of the node's Ready condition (`True`, `False`, `Unknown`), empty if unknown.

@@ -4,6 +4,7 @@ pub mod grant;
 pub mod janitor;
 pub mod known_hosts;
 pub mod list;
+pub mod proxy;
 pub mod remove;
 pub mod ssh;
 pub mod ssh_config;
