@@ -526,7 +526,6 @@ fn advertise_loopback(node: &SshNode) {
 }
 
 #[test]
-#[ignore = "needs keyctl proxy and known-hosts (issue 13, the other two branches)"]
 fn the_pattern_block_with_keyctls_proxy_and_host_keys_serves_ssh_and_scp() {
     let node = SshNode::new("kssh-pattern");
     publish_host_keys(&node);
@@ -571,7 +570,6 @@ fn the_pattern_block_with_keyctls_proxy_and_host_keys_serves_ssh_and_scp() {
 }
 
 #[test]
-#[ignore = "needs keyctl proxy and known-hosts (issue 13, the other two branches)"]
 fn keyctl_ssh_with_its_own_proxy_and_host_keys() {
     let node = SshNode::new("kssh-own-proxy");
     publish_host_keys(&node);

@@ -152,12 +152,14 @@ fn transfer(setup: &Setup, via: &str, direction: Direction) -> (Duration, u64) {
     let started = Instant::now();
     let out = match direction {
         Direction::Up => {
-            let feeder = Command::new("head")
+            let mut feeder = Command::new("head")
                 .args(["-c", &SIZE.to_string(), "/dev/zero"])
                 .stdout(Stdio::piped())
                 .spawn()
                 .expect("head");
-            ssh.stdin(feeder.stdout.expect("piped")).output()
+            let out = ssh.stdin(feeder.stdout.take().expect("piped")).output();
+            let _ = feeder.wait();
+            out
         }
         Direction::Down => ssh.stdin(Stdio::null()).output(),
     }
