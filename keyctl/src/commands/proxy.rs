@@ -132,11 +132,12 @@ pub struct ProxyArgs {
     /// The namespace of helper pods.
     #[arg(long, default_value = DEFAULT_HELPER_NAMESPACE, value_name = "NAMESPACE")]
     pub helper_namespace: String,
-    /// The helper pod's image (busybox `sh` and `nc`).
-    #[arg(long, default_value = DEFAULT_IMAGE, value_name = "IMAGE")]
+    /// The helper pod's image (busybox `sh` and `nc`). From the environment too, so that ssh's
+    /// ProxyCommand (from `keyctl ssh` or `ssh-config`) finds an air-gapped site's mirror.
+    #[arg(long, env = "NODEGATE_PROXY_IMAGE", default_value = DEFAULT_IMAGE, value_name = "IMAGE")]
     pub image: String,
     /// The helper image's pull policy (Always, IfNotPresent, Never).
-    #[arg(long, value_name = "POLICY")]
+    #[arg(long, env = "NODEGATE_PROXY_IMAGE_PULL_POLICY", value_name = "POLICY")]
     pub image_pull_policy: Option<String>,
     /// How long the helper pod may take to start.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration, value_name = "DURATION")]
