@@ -23,7 +23,7 @@ use std::time::Duration;
 use nodegate_testkit::kubelet::Kubelet;
 use nodegate_testkit::output::Checked;
 use nodegate_testkit::process::{KillOnDrop, Scratch, free_port, wait_until};
-use nodegate_testkit::sshd::{KeySource, SshKey, Sshd, ssh_keygen};
+use nodegate_testkit::sshd::{KeySource, RootOwnedDir, SshKey, Sshd, ssh_keygen};
 use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
 
 /// The group `packaging/rbac/keyctl-proxy.yaml` binds.
@@ -465,4 +465,96 @@ fn gc_finds_helper_pods_of_keyctl_proxy() {
             .args(["gc", "--dry-run"]),
     );
     out.ok();
+}
+
+/// `keyctl ssh` end to end on the kubelet's node, whose advertised addresses do not answer: the
+/// node's sshd asks authorized-keys-cmd (with the node's own credentials) for the grant keyctl
+/// ssh makes, the node's host keys come from its Node object (published by authorized-keys-cmd
+/// publish-host-keys), and the session goes through the API server in a helper pod. Nothing is
+/// left: no grant, no pod.
+#[test]
+fn keyctl_ssh_reaches_a_node_whose_address_does_not_answer_through_the_api_server() {
+    let env = env();
+    let node = env.kubelet.node_name();
+    env.cluster.apply(
+        &std::fs::read_to_string(workspace_root().join("packaging/rbac/keyctl-granter.yaml"))
+            .expect("read the granter role"),
+    );
+    env.cluster.apply(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: ssh-granters}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: nodegate-keyctl-granter}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: ssh-granters}]
+"#,
+    );
+    let scratch = Scratch::new("keyctl-ssh-api");
+    let config = scratch.write(
+        "authorized-keys-cmd.toml",
+        format!(
+            "kubeconfig = \"{}\"\ncache = \"{}\"\nfreshness = \"0s\"\n",
+            env.cluster
+                .node_kubeconfig(node, Validity::Current)
+                .display(),
+            scratch.join("cache.sqlite").display()
+        ),
+    );
+    let dir = RootOwnedDir::new("keyctl-ssh-api");
+    let program = dir.install(&workspace_bin("authorized-keys-cmd"), "authorized-keys-cmd");
+    let sshd = Sshd::start(
+        &scratch,
+        "sshd",
+        &KeySource::authorized_keys_cmd(program, &config),
+    );
+    Checked::run(
+        Command::new(workspace_bin("authorized-keys-cmd"))
+            .arg("--config")
+            .arg(&config)
+            .arg("publish-host-keys")
+            .arg("--host-key-dir")
+            .arg(scratch.join("sshd")),
+    )
+    .ok();
+    let tmp = scratch.join("tmp");
+    std::fs::create_dir_all(&tmp).expect("create TMPDIR");
+    let me = kubeconfig("ssh-api-user", &[PROXY_USERS, "ssh-granters"]);
+    let out = Checked::run(
+        Command::new(workspace_bin("keyctl"))
+            .arg("--kubeconfig")
+            .arg(&me)
+            .args(["ssh", node, "--via", "auto"])
+            .args(["-o", &format!("Port={}", sshd.port), "-o", "BatchMode=yes"])
+            .args(["--", "sh", "-c", "echo through-the-api; exit 3"])
+            .env("TMPDIR", &tmp)
+            .env("NODEGATE_PROXY_IMAGE", env.kubelet.image())
+            .env("NODEGATE_PROXY_IMAGE_PULL_POLICY", "Never")
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null()),
+    );
+    out.code_is(3);
+    assert_eq!(out.stdout, "through-the-api\n", "{out}");
+    assert!(
+        sshd.log().contains("Accepted publickey for root"),
+        "sshd did not log the grant's login: {}",
+        sshd.log()
+    );
+    let annotations = env.cluster.node_annotations(node);
+    assert!(
+        !annotations
+            .keys()
+            .any(|k| k.starts_with("ssh.nodegate.dev/")),
+        "a grant was left: {annotations:?}"
+    );
+    assert!(
+        annotations.contains_key("host-keys.nodegate.dev/ssh-ed25519"),
+        "{annotations:?}"
+    );
+    assert_no_pods("ssh-api-user");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .expect("read TMPDIR")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }

@@ -65,8 +65,8 @@ impl Pki {
         &self.ca_cert
     }
 
-    /// Issues a client certificate: `CN=common_name`, one `O=` per group. Kubernetes reads the
-    /// user name from CN and the groups from O.
+    /// Issues a client certificate: `CN=common_name`, one `O=` per group (at most two). Kubernetes
+    /// reads the user name from CN and the groups from O.
     pub fn client(
         &self,
         file_stem: &str,
@@ -75,10 +75,19 @@ impl Pki {
         validity: Validity,
     ) -> IssuedCert {
         let mut params = CertificateParams::new(Vec::new()).expect("client params");
-        for group in groups {
-            params
-                .distinguished_name
-                .push(DnType::OrganizationName, *group);
+        // rcgen keeps one value per attribute type (a second `O=` replaces the first), so the
+        // second group goes in as the same OID under another name of rcgen's. Two are enough
+        // for the tests; more would need another certificate tool.
+        assert!(
+            groups.len() <= 2,
+            "a test certificate holds at most two groups, not {groups:?}"
+        );
+        let types = [
+            DnType::OrganizationName,
+            DnType::CustomDnType(vec![2, 5, 4, 10]),
+        ];
+        for (group, ty) in groups.iter().zip(types) {
+            params.distinguished_name.push(ty, *group);
         }
         params
             .distinguished_name
