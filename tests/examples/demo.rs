@@ -1,14 +1,18 @@
 //! The product doing its main job on a self-contained setup: a real etcd + kube-apiserver, a
 //! node whose real sshd asks `authorized-keys-cmd`, and an operator using `keyctl` and `ssh`;
 //! then node-exec, the fallback when SSH cannot help, on a real kubelet with containerd: a host
-//! shell, a container entered as a chosen user, and a refusal.
+//! shell, a container entered as a chosen user, and a refusal; then `keyctl ssh` to that node
+//! through the API server, since its advertised address does not answer, with its host key taken
+//! from its Node object.
 //!
 //! Run with `scripts/demo` (it installs and builds what is needed first). Everything it starts
 //! listens on 127.0.0.1 only and is stopped and removed when it ends. The operators' commands
 //! run as printed: `kubectl keyctl` and `kubectl node-exec` are kubectl plugins found on PATH,
 //! as the packages install them.
 
+use std::cell::RefCell;
 use std::fs::{File, TryLockError};
+use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -30,6 +34,11 @@ const APPS: &str = "shop";
 const POD: &str = "web";
 /// The hostname of the stand-in host.
 const HOST_NAME: &str = "demo-host";
+/// The group that packaging/rbac/keyctl-proxy.yaml binds in the helper namespace.
+const PROXY_USERS: &str = "nodegate-keyctl-proxy-users";
+/// What the kubelet's node advertises: on loopback, but nothing listens there (refused at once),
+/// as a laptop gets nothing from a node's VPC address.
+const SILENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
 fn main() {
     step(
@@ -51,11 +60,18 @@ fn main() {
         "   alice is bound to the shipped ClusterRole nodegate-keyctl-granter; bob has no role"
     );
     let workstation = Workstation::new();
-    let alice = Operator::new(&cluster, &workstation, "alice", &[NODE_EXEC_OPERATORS]);
+    let alice = Operator::new(
+        &cluster,
+        &workstation,
+        "alice",
+        &[NODE_EXEC_OPERATORS, PROXY_USERS],
+    );
     let bob = Operator::new(&cluster, &workstation, "bob", &[]);
 
     ssh_part(&cluster, &alice, &bob);
-    node_exec_part(&cluster, &alice, &bob);
+    let kubelet = node_exec_part(&cluster, &alice, &bob);
+    ssh_through_the_api_part(&cluster, &alice, &kubelet);
+    drop(kubelet);
 
     step("Done: everything started here is stopped and removed");
 }
@@ -91,13 +107,19 @@ fn ssh_part(cluster: &Cluster, alice: &Operator, bob: &Operator) {
     );
 
     step("Before any grant, alice's key is refused");
-    alice.ssh(&sshd, "hostname");
+    let out = alice.ssh(&sshd, "hostname");
+    expect_refused(&out);
 
     step("bob has no role: keyctl checks first and says which role to ask for");
-    bob.keyctl(&["grant", NODE, "--expires", "2h"]);
+    let out = bob.keyctl(&["grant", NODE, "--expires", "2h"]);
+    expect(&out, Some(1), "", "bob's grant");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nodegate-keyctl-granter"),
+        "bob's refusal does not name the role"
+    );
 
     step("alice grants her key (~/.ssh/id_ed25519.pub) to root on node1 for two hours");
-    alice.keyctl(&[
+    let out = alice.keyctl(&[
         "grant",
         NODE,
         "--expires",
@@ -105,27 +127,48 @@ fn ssh_part(cluster: &Cluster, alice: &Operator, bob: &Operator) {
         "--reason",
         "demo: disk full",
     ]);
+    assert!(out.status.success(), "alice's grant failed");
 
     // A node trusts a cached "no key" for 100 ms (a bound on API reads caused by unknown keys);
     // this script is faster than any person between a refused login and the next one.
     std::thread::sleep(Duration::from_millis(150));
     step("alice logs in with plain OpenSSH");
-    alice.ssh(&sshd, "echo logged in as $(id -un)");
+    let out = alice.ssh(&sshd, "echo logged in as $(id -un)");
+    expect(&out, Some(0), "logged in as root\n", "alice's login");
 
     step("Anyone with read access sees who may log in, as whom and until when");
-    alice.keyctl(&["list", NODE]);
+    let out = alice.keyctl(&["list", NODE]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && listed.contains(&alice.key_fingerprint())
+            && listed.contains("demo: disk full"),
+        "keyctl list does not show alice's grant"
+    );
+    let events = cluster.kubectl(&["get", "events", "-n", "kube-system"]);
     show(
         "admin$ kubectl get events -n kube-system  (the audit trail keyctl records)",
-        &cluster.kubectl(&["get", "events", "-n", "kube-system"]),
+        &events,
+    );
+    assert!(
+        String::from_utf8_lossy(&events.stdout).contains("SSHKeyGranted"),
+        "no SSHKeyGranted event"
     );
 
     step("The API server goes down: the node answers from its SQLite cache, logins keep working");
     cluster.stop_apiserver();
-    alice.ssh(&sshd, "echo still logged in as $(id -un)");
+    let out = alice.ssh(&sshd, "echo still logged in as $(id -un)");
+    expect(
+        &out,
+        Some(0),
+        "still logged in as root\n",
+        "alice's login while the API server is down",
+    );
     cluster.start_apiserver();
 
     step("alice revokes the grant; the node stops accepting the key within its freshness window");
-    alice.keyctl(&["revoke", NODE, "--user", "root"]);
+    let out = alice.keyctl(&["revoke", NODE, "--user", "root"]);
+    assert!(out.status.success(), "alice's revoke failed");
     let revoked = Instant::now();
     let refused = wait_until(Duration::from_secs(20), || {
         alice.login(&sshd) == Login::Refused
@@ -139,11 +182,13 @@ fn ssh_part(cluster: &Cluster, alice: &Operator, bob: &Operator) {
         "   refused {:.1} s after the revoke (freshness window: 5 s)",
         revoked.elapsed().as_secs_f64()
     );
-    alice.ssh(&sshd, "hostname");
+    let out = alice.ssh(&sshd, "hostname");
+    expect_refused(&out);
 }
 
 /// node-exec on a real kubelet: a refusal, a host shell, a container entered as a chosen user.
-fn node_exec_part(cluster: &Cluster, alice: &Operator, bob: &Operator) {
+/// Returns the kubelet, for [`ssh_through_the_api_part`].
+fn node_exec_part(cluster: &Cluster, alice: &Operator, bob: &Operator) -> Kubelet {
     step(
         "When SSH cannot help (sshd down, no address to reach, a container to enter as a chosen \
          user): node-exec, through a short-lived privileged pod on the node",
@@ -316,6 +361,222 @@ spec:
         out.status.success() && stdout.starts_with("uid=1000(alice) gid=1000(alice)"),
         "the container was not entered as alice"
     );
+    kubelet
+}
+
+/// `kubectl keyctl ssh` to node localhost, whose advertised address does not answer: through the
+/// API server (a helper pod on the node), its host key checked against what the node published
+/// on its Node object; no grant and no pod left afterwards.
+fn ssh_through_the_api_part(cluster: &Cluster, alice: &Operator, kubelet: &Kubelet) {
+    let node = kubelet.node_name();
+    step(&format!(
+        "Node {node} gets an sshd too: AuthorizedKeysCommand authorized-keys-cmd, reading \
+         {node}'s grants with {node}'s own node credentials"
+    ));
+    let scratch = Scratch::new("demo-node-localhost");
+    let config = scratch.write(
+        "authorized-keys-cmd.toml",
+        format!(
+            "kubeconfig = \"{}\"\ncache = \"{}\"\n",
+            cluster.node_kubeconfig(node, Validity::Current).display(),
+            scratch.join("grants-cache.sqlite").display()
+        ),
+    );
+    let libexec = RootOwnedDir::new("demo-localhost");
+    let program = libexec.install(&workspace_bin("authorized-keys-cmd"), "authorized-keys-cmd");
+    let sshd = Sshd::start(
+        &scratch,
+        "sshd",
+        &KeySource::authorized_keys_cmd(program.clone(), &config),
+    );
+    println!(
+        "   sshd on 127.0.0.1:{}: AuthorizedKeysFile none; AuthorizedKeysCommand {} --config {} \
+         %u %f",
+        sshd.port,
+        program.display(),
+        config.display()
+    );
+
+    step(&format!(
+        "{node} publishes its SSH host key on its own Node object, with its own credentials (the \
+         node package's nodegate-publish-host-keys unit runs this at boot)"
+    ));
+    let host_keys = scratch.join("sshd");
+    let out = Command::new(&program)
+        .arg("--config")
+        .arg(&config)
+        .arg("publish-host-keys")
+        .arg("--host-key-dir")
+        .arg(&host_keys)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run authorized-keys-cmd publish-host-keys");
+    show(
+        &format!(
+            "{node}# authorized-keys-cmd --config {} publish-host-keys --host-key-dir {}",
+            config.display(),
+            host_keys.display()
+        ),
+        &out,
+    );
+    assert!(out.status.success(), "publish-host-keys failed");
+    let host_key = read(&host_keys.join("ssh_host_ed25519_key.pub"));
+    let host_key: Vec<&str> = host_key.split_whitespace().take(2).collect();
+    let jsonpath = r"jsonpath={.metadata.annotations.host-keys\.nodegate\.dev/ssh-ed25519}";
+    let published = cluster.kubectl(&["get", "node", node, "-o", jsonpath]);
+    show(
+        &format!("admin$ kubectl get node {node} -o '{jsonpath}'"),
+        &published,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&published.stdout),
+        host_key.join(" "),
+        "the published host key is not sshd's"
+    );
+
+    step(&format!(
+        "{node} advertises {SILENT_ADDRESS}, where nothing answers on port {}: on a real cluster, \
+         the node's VPC address, which a laptop cannot reach",
+        sshd.port
+    ));
+    kubelet.set_addresses(cluster, &[("InternalIP", &SILENT_ADDRESS.to_string())]);
+    let jsonpath = r#"jsonpath={range .status.addresses[*]}{.type} {.address}{"\n"}{end}"#;
+    let addresses = cluster.kubectl(&["get", "node", node, "-o", jsonpath]);
+    show(
+        &format!("admin$ kubectl get node {node} -o '{jsonpath}'"),
+        &addresses,
+    );
+    assert!(
+        String::from_utf8_lossy(&addresses.stdout)
+            .starts_with(&format!("InternalIP {SILENT_ADDRESS}\n")),
+        "the node does not advertise {SILENT_ADDRESS}"
+    );
+    let silent = (SILENT_ADDRESS, sshd.port).into();
+    assert!(
+        TcpStream::connect_timeout(&silent, Duration::from_secs(2)).is_err(),
+        "something answers on {silent}"
+    );
+    let manifest = "packaging/rbac/keyctl-proxy.yaml";
+    let applied = cluster.kubectl(&[
+        "apply",
+        "-f",
+        &workspace_root().join(manifest).display().to_string(),
+    ]);
+    show(&format!("admin$ kubectl apply -f {manifest}"), &applied);
+    assert!(applied.status.success(), "kubectl apply failed");
+    println!(
+        "   alice holds the granter role (above) and is in group {PROXY_USERS}, which that \
+         manifest binds in {HELPER_NAMESPACE}: unprivileged helper pods there, and exec into them"
+    );
+    alice.export(
+        &[
+            ("NODEGATE_PROXY_IMAGE", kubelet.image()),
+            ("NODEGATE_PROXY_IMAGE_PULL_POLICY", "Never"),
+        ],
+        "no registry here; by default the helper pod runs docker.io/library/busybox:1.36",
+    );
+    alice.export(
+        &[("KEYCTL_LOG", "keyctl=debug")],
+        "keyctl proxy's progress, a spinner on a terminal, as lines",
+    );
+
+    step(&format!(
+        "alice runs a command on {node} in one step: an ephemeral key granted for the session, \
+         ssh through the API server, the host key checked against the Node, the grant revoked"
+    ));
+    let watch = PodWatch::start(cluster, HELPER_NAMESPACE);
+    let port = format!("Port={}", sshd.port);
+    let out = alice.kubectl_plugin(
+        "keyctl",
+        &[
+            "ssh",
+            node,
+            "-o",
+            &port,
+            "--",
+            "sh",
+            "-c",
+            "hostname; exit 3",
+        ],
+    );
+    let created = watch.finish();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let hostname = read(Path::new("/proc/sys/kernel/hostname"));
+    expect(
+        &out,
+        Some(3),
+        &hostname,
+        "keyctl ssh: the remote command's output and exit code",
+    );
+    for said in [
+        format!("granting an ephemeral key on {node} as root"),
+        format!("no address of {node} answered ({SILENT_ADDRESS}: Connection refused"),
+        "going through the API server".to_owned(),
+        format!("connecting to port {} inside {node}", sshd.port),
+        format!("revoked the session's grant on {node}"),
+    ] {
+        assert!(stderr.contains(&said), "keyctl ssh did not say {said:?}");
+    }
+    println!(
+        "   (it printed this machine's hostname: the node's sshd runs here; exit code 3 passed \
+         through)"
+    );
+    println!(
+        "   admin$ kubectl get pods -n {HELPER_NAMESPACE} --watch-only -o name  (while it ran)"
+    );
+    for line in created.lines() {
+        println!("     {line}");
+    }
+    assert!(
+        created.lines().count() == 1 && created.starts_with("pod/"),
+        "not one helper pod: {created}"
+    );
+    let log = sshd.log();
+    let accepted = log
+        .lines()
+        .find(|l| l.contains("Accepted publickey for root from 127.0.0.1"))
+        .unwrap_or_else(|| panic!("sshd accepted no login from inside the node:\n{log}"));
+    println!("   node {node}'s sshd log, from the helper pod's nc inside the node:");
+    println!("     {accepted}");
+
+    step("Nothing is left behind: no grant, no helper pod");
+    alice.unexport("KEYCTL_LOG");
+    let listed = alice.kubectl_plugin("keyctl", &["list", node]);
+    assert!(
+        listed.status.success()
+            && listed.stdout.is_empty()
+            && String::from_utf8_lossy(&listed.stderr).contains("No grants on 1 node(s)."),
+        "a grant is left on {node}"
+    );
+    let gone = wait_until(Duration::from_secs(15), || {
+        cluster
+            .kubectl(&["get", "pods", "-n", HELPER_NAMESPACE, "-o", "name"])
+            .stdout
+            .is_empty()
+    });
+    let left = cluster.kubectl(&["get", "pods", "-n", HELPER_NAMESPACE]);
+    show(
+        &format!("admin$ kubectl get pods -n {HELPER_NAMESPACE}"),
+        &left,
+    );
+    assert!(
+        gone && left.stdout.is_empty(),
+        "a helper pod was left behind"
+    );
+
+    step("For plain ssh, scp, sftp, rsync -e ssh and Ansible: a block for ~/.ssh/config");
+    let block = alice.kubectl_plugin("keyctl", &["ssh-config"]);
+    let text = String::from_utf8_lossy(&block.stdout);
+    assert!(
+        block.status.success()
+            && text.lines().next() == Some("Host *.k8s")
+            && text.contains("ProxyCommand /usr/bin/env kubectl keyctl proxy --domain k8s %h %p")
+            && text.contains(
+                "KnownHostsCommand /usr/bin/env kubectl keyctl known-hosts --domain k8s %H"
+            ),
+        "keyctl ssh-config printed something else"
+    );
+    println!("   (then: kubectl keyctl grant {node} --expires 2h && ssh {node}.k8s)");
 }
 
 /// Only one kubelet may run on a machine at a time (`Kubelet::start` waits for [`LOCK_FILE`]
@@ -401,6 +662,8 @@ struct Operator {
     key: nodegate_testkit::sshd::SshKey,
     kubeconfig: PathBuf,
     path: String,
+    /// Variables exported in this operator's shell (see [`Operator::export`]).
+    exported: RefCell<Vec<(String, String)>>,
 }
 
 impl Operator {
@@ -421,7 +684,28 @@ impl Operator {
             key,
             kubeconfig,
             path: workstation.path.clone(),
+            exported: RefCell::default(),
         }
+    }
+
+    /// `export NAME=VALUE...` in this operator's shell, shown with `why`.
+    fn export(&self, vars: &[(&str, &str)], why: &str) {
+        let shown: Vec<String> = vars
+            .iter()
+            .map(|(name, value)| format!("{name}={}", quoted(value)))
+            .collect();
+        println!("   {}$ export {}  ({why})", self.name, shown.join(" "));
+        let mut exported = self.exported.borrow_mut();
+        for (name, value) in vars {
+            exported.retain(|(n, _)| n != name);
+            exported.push(((*name).to_owned(), (*value).to_owned()));
+        }
+    }
+
+    /// `unset NAME` in this operator's shell, shown.
+    fn unexport(&self, name: &str) {
+        println!("   {}$ unset {name}", self.name);
+        self.exported.borrow_mut().retain(|(n, _)| n != name);
     }
 
     /// Writes `~/.config/nodegate/node-exec.toml` for a cluster without a registry; returns it.
@@ -442,6 +726,10 @@ impl Operator {
             .env("PATH", &self.path)
             .env_remove("NODEGATE_PREFIX")
             .env_remove("NODE_EXEC_CONFIG")
+            .env_remove("NODEGATE_PROXY_IMAGE")
+            .env_remove("NODEGATE_PROXY_IMAGE_PULL_POLICY")
+            .env_remove("KEYCTL_LOG")
+            .envs(self.exported.borrow().iter().map(|(n, v)| (n, v)))
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("run kubectl {plugin}: {e}"));
@@ -453,15 +741,29 @@ impl Operator {
         out
     }
 
-    fn keyctl(&self, args: &[&str]) {
-        self.kubectl_plugin("keyctl", args);
+    fn keyctl(&self, args: &[&str]) -> Output {
+        self.kubectl_plugin("keyctl", args)
+    }
+
+    /// The SHA256 fingerprint of `~/.ssh/id_ed25519`, as keyctl shows it.
+    fn key_fingerprint(&self) -> String {
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(&self.key.private)
+            .output()
+            .expect("run ssh-keygen -l");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .nth(1)
+            .expect("ssh-keygen -l prints a fingerprint")
+            .to_owned()
     }
 
     fn node_exec(&self, args: &[&str]) -> Output {
         self.kubectl_plugin("node-exec", args)
     }
 
-    fn ssh(&self, sshd: &Sshd, command: &str) {
+    fn ssh(&self, sshd: &Sshd, command: &str) -> Output {
         let out = ssh_command(sshd.port, &self.key, "root", command)
             .output()
             .expect("run ssh");
@@ -472,6 +774,7 @@ impl Operator {
             ),
             &out,
         );
+        out
     }
 
     fn login(&self, sshd: &Sshd) -> Login {
@@ -504,6 +807,27 @@ fn show(command: &str, out: &Output) {
     if !out.status.success() {
         println!("     [exit {}]", out.status.code().unwrap_or(-1));
     }
+}
+
+/// Fails the demo unless `out` exited with `code` and printed exactly `stdout`.
+#[track_caller]
+fn expect(out: &Output, code: Option<i32>, stdout: &str, what: &str) {
+    assert_eq!(out.status.code(), code, "{what}: the exit code");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        stdout,
+        "{what}: the output"
+    );
+}
+
+/// Fails the demo unless sshd refused the key.
+#[track_caller]
+fn expect_refused(out: &Output) {
+    assert!(
+        out.status.code() == Some(255)
+            && String::from_utf8_lossy(&out.stderr).contains("Permission denied (publickey)"),
+        "the key was not refused"
+    );
 }
 
 fn read(path: &Path) -> String {

@@ -11,7 +11,7 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -305,18 +305,23 @@ impl Say {
     }
 }
 
-/// The signal keyctl got (0: none) and ssh's pid once it runs (0: not yet), shared with the
-/// task that passes signals on.
-#[derive(Default)]
+/// The first signal keyctl got (0: none), and every signal, in order, for the task that runs
+/// ssh: that task alone passes them on, and only while it has not reaped ssh, so a signal
+/// never goes to a pid that ssh no longer holds.
 struct Signals {
     got: AtomicI32,
-    ssh_pid: AtomicU32,
+    received: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<rustix::process::Signal>>,
 }
 
 /// Catches SIGINT, SIGTERM and SIGHUP from the start (so that none of them ends keyctl with
-/// a grant in place), remembers the first, and passes each on to ssh when it runs.
-fn catch_signals(shared: Arc<Signals>) -> anyhow::Result<()> {
+/// a grant in place), remembers the first, and queues each for [`run_ssh`].
+fn catch_signals() -> anyhow::Result<Arc<Signals>> {
     use tokio::signal::unix::{SignalKind, signal};
+    let (sender, received) = tokio::sync::mpsc::unbounded_channel();
+    let shared = Arc::new(Signals {
+        got: AtomicI32::new(0),
+        received: tokio::sync::Mutex::new(received),
+    });
     for (kind, number) in [
         (SignalKind::interrupt(), rustix::process::Signal::INT),
         (SignalKind::terminate(), rustix::process::Signal::TERM),
@@ -324,6 +329,7 @@ fn catch_signals(shared: Arc<Signals>) -> anyhow::Result<()> {
     ] {
         let mut stream = signal(kind).context("catching signals")?;
         let shared = shared.clone();
+        let sender = sender.clone();
         tokio::spawn(async move {
             while stream.recv().await.is_some() {
                 let _ = shared.got.compare_exchange(
@@ -332,15 +338,11 @@ fn catch_signals(shared: Arc<Signals>) -> anyhow::Result<()> {
                     Ordering::SeqCst,
                     Ordering::SeqCst,
                 );
-                let pid = shared.ssh_pid.load(Ordering::SeqCst);
-                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                    // ssh may have got it from the terminal too; once more does no harm.
-                    let _ = rustix::process::kill_process(pid, number);
-                }
+                let _ = sender.send(number);
             }
         });
     }
-    Ok(())
+    Ok(shared)
 }
 
 /// Runs `keyctl ssh`; returns the exit code.
@@ -371,8 +373,7 @@ pub async fn run(connection: &Connection, args: &SshArgs) -> anyhow::Result<u8> 
         }
     }
 
-    let signals = Arc::new(Signals::default());
-    catch_signals(signals.clone())?;
+    let signals = catch_signals()?;
 
     let session = Session::connect(connection).await?;
     let caller = session.caller().await;
@@ -508,43 +509,34 @@ async fn run_ssh(plan: &SshPlan, signals: &Signals, say: &Say) -> anyhow::Result
         .kill_on_drop(true)
         .spawn()
         .context("running ssh (is the OpenSSH client installed?)")?;
-    if let Some(pid) = child.id() {
-        signals.ssh_pid.store(pid, Ordering::SeqCst);
-    }
-    // A signal that came between the check and the pid: pass it on now.
-    let early = signals.got.load(Ordering::SeqCst);
-    if early != 0
-        && let (Some(pid), Some(signal)) = (
-            child
-                .id()
-                .and_then(|p| rustix::process::Pid::from_raw(p as i32)),
-            rustix::process::Signal::from_named_raw(early),
-        )
-    {
-        let _ = rustix::process::kill_process(pid, signal);
-    }
+    let mut received = signals.received.lock().await;
+    // Set once a signal was passed on: from then ssh has SSH_GRACE to end.
+    let mut grace_ends: Option<tokio::time::Instant> = None;
     loop {
-        // `wait` is cancel-safe: every 200 ms, a look at whether a signal came.
-        match tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
-            Ok(status) => {
-                signals.ssh_pid.store(0, Ordering::SeqCst);
-                return Ok(status?);
+        let grace = async {
+            match grace_ends {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
-            Err(_) if signals.got.load(Ordering::SeqCst) != 0 => break,
-            Err(_) => {}
+        };
+        tokio::select! {
+            status = child.wait() => return Ok(status?),
+            Some(signal) = received.recv() => {
+                // `id()` is None once `wait` has reaped ssh, and `wait` runs in this task only:
+                // a pid that is Some here still belongs to ssh (at worst a zombie).
+                if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                    // ssh may have got it from the terminal too; once more does no harm.
+                    let _ = rustix::process::kill_process(pid, signal);
+                }
+                grace_ends.get_or_insert_with(|| tokio::time::Instant::now() + SSH_GRACE);
+            }
+            () = grace => {
+                say.error("ssh did not end after the signal; stopping it");
+                let _ = child.start_kill();
+                return Ok(child.wait().await?);
+            }
         }
     }
-    let status = match tokio::time::timeout(SSH_GRACE, child.wait()).await {
-        Ok(status) => status?,
-        Err(_) => {
-            say.error("ssh did not end after the signal; stopping it");
-            signals.ssh_pid.store(0, Ordering::SeqCst);
-            let _ = child.start_kill();
-            child.wait().await?
-        }
-    };
-    signals.ssh_pid.store(0, Ordering::SeqCst);
-    Ok(status)
 }
 
 /// Revokes the session's grant on `node`; says what happened, and returns whether no grant of
