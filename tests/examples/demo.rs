@@ -284,7 +284,7 @@ spec:
     step(
         "bob has no node-exec role: refused before any pod is created, told which role to ask for",
     );
-    let watch = PodWatch::start(cluster, HELPER_NAMESPACE);
+    let watch = PodWatch::start(cluster, HELPER_NAMESPACE, &["-o", "name"]);
     let out = bob.node_exec(&[
         &format!("pod/{POD}"),
         "-n",
@@ -484,7 +484,7 @@ fn ssh_through_the_api_part(cluster: &Cluster, alice: &Operator, kubelet: &Kubel
         "alice runs a command on {node} in one step: an ephemeral key granted for the session, \
          ssh through the API server, the host key checked against the Node, the grant revoked"
     ));
-    let watch = PodWatch::start(cluster, HELPER_NAMESPACE);
+    let watch = PodWatch::start(cluster, HELPER_NAMESPACE, &[]);
     let port = format!("Port={}", sshd.port);
     let out = alice.kubectl_plugin(
         "keyctl",
@@ -521,15 +521,21 @@ fn ssh_through_the_api_part(cluster: &Cluster, alice: &Operator, kubelet: &Kubel
         "   (it printed this machine's hostname: the node's sshd runs here; exit code 3 passed \
          through)"
     );
-    println!(
-        "   admin$ kubectl get pods -n {HELPER_NAMESPACE} --watch-only -o name  (while it ran)"
-    );
+    println!("   admin$ kubectl get pods -n {HELPER_NAMESPACE} --watch-only  (while it ran)");
     for line in created.lines() {
         println!("     {line}");
     }
+    let pods: Vec<&str> = created
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     assert!(
-        created.lines().count() == 1 && created.starts_with("pod/"),
-        "not one helper pod: {created}"
+        !pods.is_empty()
+            && pods.iter().all(|p| *p == pods[0])
+            && pods[0].starts_with(&format!("keyctl-proxy-{node}-"))
+            && created.contains("Running"),
+        "not one helper pod that ran"
     );
     let log = sshd.log();
     let accepted = log
@@ -569,7 +575,7 @@ fn ssh_through_the_api_part(cluster: &Cluster, alice: &Operator, kubelet: &Kubel
     let text = String::from_utf8_lossy(&block.stdout);
     assert!(
         block.status.success()
-            && text.lines().next() == Some("Host *.k8s")
+            && text.lines().any(|l| l == "Host *.k8s")
             && text.contains("ProxyCommand /usr/bin/env kubectl keyctl proxy --domain k8s %h %p")
             && text.contains(
                 "KnownHostsCommand /usr/bin/env kubectl keyctl known-hosts --domain k8s %H"
@@ -601,15 +607,16 @@ fn wait_for_the_kubelet_slot() {
     // Dropping `lock` lets Kubelet::start take it.
 }
 
-/// `kubectl get pods --watch-only` in a namespace: which pods appeared while it ran.
+/// `kubectl get pods --watch-only [OPTIONS]` in a namespace: what happened to pods while it ran.
 struct PodWatch(KillOnDrop);
 
 impl PodWatch {
-    fn start(cluster: &Cluster, namespace: &str) -> PodWatch {
+    fn start(cluster: &Cluster, namespace: &str, options: &[&str]) -> PodWatch {
         let child = Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(cluster.admin_kubeconfig())
-            .args(["get", "pods", "-n", namespace, "--watch-only", "-o", "name"])
+            .args(["get", "pods", "-n", namespace, "--watch-only"])
+            .args(options)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
