@@ -36,6 +36,8 @@ pub struct Cluster {
     server: String,
     admin: PathBuf,
     admin_cert: IssuedCert,
+    /// Kubeconfigs issued so far, by file stem (see [`Cluster::issue_once`]).
+    issued: Mutex<BTreeMap<String, PathBuf>>,
     apiserver_args: Vec<OsString>,
     apiserver: Mutex<Option<Daemon>>,
     controller_manager: Mutex<Option<Daemon>>,
@@ -129,6 +131,7 @@ impl Cluster {
             server,
             admin,
             admin_cert,
+            issued: Mutex::new(BTreeMap::new()),
             apiserver_args,
             apiserver: Mutex::new(None),
             controller_manager: Mutex::new(None),
@@ -150,36 +153,59 @@ impl Cluster {
     }
 
     /// A kubeconfig for user `name` in `groups`, with a client certificate of the given
-    /// validity, written as `NAME.kubeconfig` (certificate and key in separate files).
+    /// validity, written as `user-NAME-VALIDITY[-GROUPS].kubeconfig` (certificate and key in
+    /// separate files). Issued once per test process: the same arguments give the same files.
     pub fn user_kubeconfig(&self, name: &str, groups: &[&str], validity: Validity) -> PathBuf {
-        let stem = format!("user-{name}-{validity:?}").to_lowercase();
-        let cert = self.pki.client(&stem, name, groups, validity);
-        write_kubeconfig(
-            &self.scratch.join(format!("{stem}.kubeconfig")),
-            &self.server,
-            self.pki.ca_cert(),
-            &cert.cert,
-            &cert.key,
-        )
+        let mut stem = format!("user-{name}-{validity:?}").to_lowercase();
+        if !groups.is_empty() {
+            stem.push('-');
+            stem.push_str(&groups.join("+").replace([':', '/'], "_"));
+        }
+        self.issue_once(&stem, || {
+            let cert = self.pki.client(&stem, name, groups, validity);
+            write_kubeconfig(
+                &self.scratch.join(format!("{stem}.kubeconfig")),
+                &self.server,
+                self.pki.ca_cert(),
+                &cert.cert,
+                &cert.key,
+            )
+        })
     }
 
     /// A kubelet-style kubeconfig for node `node` (`system:node:NODE` in `system:nodes`), whose
     /// client certificate and key are one file, as the kubelet's `kubelet-client-current.pem`.
+    /// Issued once per test process, like [`Cluster::user_kubeconfig`].
     pub fn node_kubeconfig(&self, node: &str, validity: Validity) -> PathBuf {
         let stem = format!("node-{node}-{validity:?}").to_lowercase();
-        let cert = self.pki.client(
-            &stem,
-            &format!("system:node:{node}"),
-            &["system:nodes"],
-            validity,
-        );
-        write_kubeconfig(
-            &self.scratch.join(format!("{stem}.kubeconfig")),
-            &self.server,
-            self.pki.ca_cert(),
-            &cert.combined,
-            &cert.combined,
-        )
+        self.issue_once(&stem, || {
+            let cert = self.pki.client(
+                &stem,
+                &format!("system:node:{node}"),
+                &["system:nodes"],
+                validity,
+            );
+            write_kubeconfig(
+                &self.scratch.join(format!("{stem}.kubeconfig")),
+                &self.server,
+                self.pki.ca_cert(),
+                &cert.combined,
+                &cert.combined,
+            )
+        })
+    }
+
+    /// The kubeconfig `issue` writes for `stem`, issued on the first call only: tests run in
+    /// parallel, and rewriting a certificate and key another test's process is reading gave it
+    /// half a file or a key of another certificate ("identity PEM is missing a private key").
+    fn issue_once(&self, stem: &str, issue: impl FnOnce() -> PathBuf) -> PathBuf {
+        let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = issued.get(stem) {
+            return path.clone();
+        }
+        let path = issue();
+        issued.insert(stem.to_owned(), path.clone());
+        path
     }
 
     /// Starts (or restarts) the API server and waits until `/readyz` answers.
