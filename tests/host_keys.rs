@@ -14,24 +14,18 @@ use nodegate_core::host_keys::{HOST_KEY_PREFIX, NodeHostKeys};
 use nodegate_testkit::output::Checked;
 use nodegate_testkit::process::Scratch;
 use nodegate_testkit::sshd::{KeySource, RootOwnedDir, SshKey, Sshd, ssh_keygen};
-use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
+use nodegate_testkit::{Cluster, Validity, workspace_bin};
 
 /// The shared cluster with the shipped roles applied and alice bound to the granter role.
 fn cluster() -> &'static Cluster {
     static READY: OnceLock<()> = OnceLock::new();
     let cluster = Cluster::shared();
     READY.get_or_init(|| {
-        for manifest in ["keyctl-granter.yaml", "keyctl-viewer.yaml"] {
-            let path = workspace_root().join("packaging/rbac").join(manifest);
-            cluster.apply(&std::fs::read_to_string(path).expect("read RBAC manifest"));
-        }
-        cluster.kubectl_ok(&[
-            "create",
-            "clusterrolebinding",
-            "hostkeys-alice-granter",
-            "--clusterrole=nodegate-keyctl-granter",
-            "--user=alice",
+        cluster.apply_shipped(&[
+            "packaging/rbac/keyctl-granter.yaml",
+            "packaging/rbac/keyctl-viewer.yaml",
         ]);
+        cluster.bind_cluster_role("hostkeys-alice-granter", "nodegate-keyctl-granter", "alice");
     });
     cluster
 }

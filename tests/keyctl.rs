@@ -9,7 +9,7 @@ use std::time::Duration;
 use nodegate_core::{AnnotationPrefix, Grant, GrantKey, NodeGrants};
 use nodegate_testkit::output::{Checked, output_with_stdin};
 use nodegate_testkit::process::{Scratch, wait_until};
-use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
+use nodegate_testkit::{Cluster, Validity, workspace_bin};
 
 const PREFIX: &str = "ssh.nodegate.dev";
 
@@ -18,22 +18,16 @@ fn cluster() -> &'static Cluster {
     static READY: OnceLock<()> = OnceLock::new();
     let cluster = Cluster::shared();
     READY.get_or_init(|| {
-        for manifest in ["keyctl-granter.yaml", "keyctl-viewer.yaml"] {
-            let path = workspace_root().join("packaging/rbac").join(manifest);
-            cluster.apply(&std::fs::read_to_string(path).expect("read RBAC manifest"));
-        }
+        cluster.apply_shipped(&[
+            "packaging/rbac/keyctl-granter.yaml",
+            "packaging/rbac/keyctl-viewer.yaml",
+        ]);
         for (binding, role, user) in [
             ("alice-granter", "nodegate-keyctl-granter", "alice"),
             ("victor-viewer", "nodegate-keyctl-viewer", "victor"),
             ("carol-gpu", "nodegate-keyctl-granter-gpu-pool", "carol"),
         ] {
-            cluster.kubectl_ok(&[
-                "create",
-                "clusterrolebinding",
-                binding,
-                &format!("--clusterrole={role}"),
-                &format!("--user={user}"),
-            ]);
+            cluster.bind_cluster_role(binding, role, user);
         }
     });
     cluster

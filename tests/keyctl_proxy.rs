@@ -24,7 +24,7 @@ use nodegate_testkit::kubelet::Kubelet;
 use nodegate_testkit::output::Checked;
 use nodegate_testkit::process::{KillOnDrop, Scratch, free_port, wait_until};
 use nodegate_testkit::sshd::{KeySource, RootOwnedDir, SshKey, Sshd, ssh_keygen};
-use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
+use nodegate_testkit::{Cluster, Validity, shared_setup, workspace_bin};
 
 /// The group `packaging/rbac/keyctl-proxy.yaml` binds.
 const PROXY_USERS: &str = "nodegate-keyctl-proxy-users";
@@ -63,32 +63,17 @@ fn mute_listener(port: u16) -> (TcpListener, Vec<TcpStream>) {
 
 fn env() -> &'static Env {
     static ENV: OnceLock<Result<Env, String>> = OnceLock::new();
-    let setup = ENV.get_or_init(|| {
-        std::panic::catch_unwind(set_up).map_err(|panic| {
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "unknown panic".to_owned())
-        })
-    });
-    match setup {
-        Ok(env) => env,
-        Err(message) => panic!("the test setup failed: {message}"),
-    }
+    shared_setup(&ENV, set_up)
 }
 
 fn set_up() -> Env {
     let cluster = Cluster::shared();
     let kubelet = Kubelet::shared(cluster);
-    let root = workspace_root();
-    for manifest in [
+    cluster.apply_shipped(&[
         "packaging/node-exec-namespace.yaml",
         "packaging/rbac/keyctl-proxy.yaml",
         "packaging/rbac/keyctl-viewer.yaml",
-    ] {
-        cluster.apply(&std::fs::read_to_string(root.join(manifest)).expect("read manifest"));
-    }
+    ]);
     cluster.apply(
         r#"
 apiVersion: rbac.authorization.k8s.io/v1
@@ -476,10 +461,8 @@ fn gc_finds_helper_pods_of_keyctl_proxy() {
 fn keyctl_ssh_reaches_a_node_whose_address_does_not_answer_through_the_api_server() {
     let env = env();
     let node = env.kubelet.node_name();
-    env.cluster.apply(
-        &std::fs::read_to_string(workspace_root().join("packaging/rbac/keyctl-granter.yaml"))
-            .expect("read the granter role"),
-    );
+    env.cluster
+        .apply_shipped(&["packaging/rbac/keyctl-granter.yaml"]);
     env.cluster.apply(
         r#"
 apiVersion: rbac.authorization.k8s.io/v1

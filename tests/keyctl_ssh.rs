@@ -16,28 +16,22 @@ use nodegate_core::{AnnotationPrefix, GrantKey, NodeGrants};
 use nodegate_testkit::output::Checked;
 use nodegate_testkit::process::{KillOnDrop, Scratch, wait_until};
 use nodegate_testkit::sshd::{KeySource, RootOwnedDir, Sshd, ssh_keygen};
-use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
+use nodegate_testkit::{Cluster, Validity, workspace_bin};
 
 /// The shared cluster with the shipped roles applied and users bound to them.
 fn cluster() -> &'static Cluster {
     static READY: OnceLock<()> = OnceLock::new();
     let cluster = Cluster::shared();
     READY.get_or_init(|| {
-        for manifest in ["keyctl-granter.yaml", "keyctl-viewer.yaml"] {
-            let path = workspace_root().join("packaging/rbac").join(manifest);
-            cluster.apply(&std::fs::read_to_string(path).expect("read RBAC manifest"));
-        }
+        cluster.apply_shipped(&[
+            "packaging/rbac/keyctl-granter.yaml",
+            "packaging/rbac/keyctl-viewer.yaml",
+        ]);
         for (binding, role, user) in [
             ("ssh-alice-granter", "nodegate-keyctl-granter", "ssh-alice"),
             ("ssh-victor-viewer", "nodegate-keyctl-viewer", "ssh-victor"),
         ] {
-            cluster.kubectl_ok(&[
-                "create",
-                "clusterrolebinding",
-                binding,
-                &format!("--clusterrole={role}"),
-                &format!("--user={user}"),
-            ]);
+            cluster.bind_cluster_role(binding, role, user);
         }
     });
     cluster

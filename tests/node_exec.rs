@@ -15,7 +15,7 @@ use nodegate_testkit::kubelet::{BARE_IMAGE, InNode, Kubelet, build_bare_image};
 use nodegate_testkit::process::{KillOnDrop, wait_until};
 use nodegate_testkit::proxy::CuttableProxy;
 use nodegate_testkit::terminal::Terminal;
-use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
+use nodegate_testkit::{Cluster, Validity, shared_setup, workspace_bin};
 
 /// The group the shipped RBAC manifest binds.
 const OPERATORS: &str = "nodegate-node-exec-operators";
@@ -36,33 +36,17 @@ struct Env {
 /// (instead of each retrying a setup that takes minutes to time out).
 fn env() -> &'static Env {
     static ENV: OnceLock<Result<Env, String>> = OnceLock::new();
-    let setup = ENV.get_or_init(|| {
-        std::panic::catch_unwind(set_up).map_err(|panic| {
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "unknown panic".to_owned())
-        })
-    });
-    match setup {
-        Ok(env) => env,
-        Err(message) => panic!("the test setup failed: {message}"),
-    }
+    shared_setup(&ENV, set_up)
 }
 
 fn set_up() -> Env {
     {
         let cluster = Cluster::shared();
         let kubelet = Kubelet::shared(cluster);
-        let root = workspace_root();
-        for manifest in [
+        cluster.apply_shipped(&[
             "packaging/node-exec-namespace.yaml",
             "packaging/rbac/node-exec-operator.yaml",
-        ] {
-            let text = std::fs::read_to_string(root.join(manifest)).expect("read manifest");
-            cluster.apply(&text);
-        }
+        ]);
         // Operators may exec into pods of the app namespace; viewers may only look at them.
         cluster.apply(&format!(
             r#"

@@ -376,6 +376,28 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// Applies manifests shipped in the repository (paths relative to the workspace root, e.g.
+    /// `packaging/rbac/keyctl-granter.yaml`), exactly as a user would apply them.
+    pub fn apply_shipped(&self, manifests: &[&str]) {
+        for manifest in manifests {
+            let path = crate::workspace_root().join(manifest);
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            self.apply(&text);
+        }
+    }
+
+    /// Binds ClusterRole `role` to user `user` cluster-wide, as ClusterRoleBinding `binding`.
+    pub fn bind_cluster_role(&self, binding: &str, role: &str, user: &str) {
+        self.kubectl_ok(&[
+            "create",
+            "clusterrolebinding",
+            binding,
+            &format!("--clusterrole={role}"),
+            &format!("--user={user}"),
+        ]);
+    }
+
     /// Applies a strategic merge patch to the status of Node `name` as the admin (conditions
     /// merge by type), e.g. to give a condition another message. With `curl`, because kubectl
     /// before 1.24 cannot patch a subresource. A kubelet on that node writes its own view back

@@ -60,3 +60,25 @@ pub fn workspace_root() -> PathBuf {
         .expect("testkit/ has a parent")
         .to_owned()
 }
+
+/// A test binary's shared setup, run once: later callers get the same value, and if the setup
+/// panicked, every test fails at once with the first failure's message (instead of each
+/// retrying a setup that takes minutes to time out).
+pub fn shared_setup<T: Sync + Send>(
+    cell: &'static std::sync::OnceLock<Result<T, String>>,
+    set_up: fn() -> T,
+) -> &'static T {
+    let setup = cell.get_or_init(|| {
+        std::panic::catch_unwind(set_up).map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "unknown panic".to_owned())
+        })
+    });
+    match setup {
+        Ok(value) => value,
+        Err(message) => panic!("the test setup failed: {message}"),
+    }
+}
