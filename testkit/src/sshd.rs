@@ -77,6 +77,16 @@ pub enum KeySource {
     },
     /// A static `AuthorizedKeysFile` (for baselines).
     File(PathBuf),
+    /// Both: a static `AuthorizedKeysFile` and an `AuthorizedKeysCommand` run as root, as on a
+    /// node that keeps a few keys in a file next to the grants. sshd tries the file first.
+    FileAndCommand {
+        /// The `AuthorizedKeysFile`.
+        file: PathBuf,
+        /// The program (must satisfy sshd's ownership rules: see [`RootOwnedDir`]).
+        program: PathBuf,
+        /// Its arguments, with sshd's tokens such as `%u` and `%f`.
+        args: Vec<String>,
+    },
 }
 
 impl KeySource {
@@ -163,6 +173,16 @@ impl Sshd {
                 args.join(" ")
             ),
             KeySource::File(file) => format!("AuthorizedKeysFile {}\n", file.display()),
+            KeySource::FileAndCommand {
+                file,
+                program,
+                args,
+            } => format!(
+                "AuthorizedKeysFile {}\nAuthorizedKeysCommand {} {}\nAuthorizedKeysCommandUser root\n",
+                file.display(),
+                program.display(),
+                args.join(" ")
+            ),
         };
         let config = format!(
             "ListenAddress 127.0.0.1:{port}
@@ -269,8 +289,26 @@ impl Login {
 /// The ssh client command the tests use: no config, only the given key, no host key checks,
 /// never a prompt.
 pub fn ssh_command(port: u16, key: &SshKey, user: &str, command: &str) -> Command {
+    ssh_command_with(&[], port, key, user, command)
+}
+
+/// [`ssh_command`] with a pseudo-terminal forced (`-tt`), for a live session on a
+/// [`crate::terminal::Terminal`]: sshd gives the session a tty of its own, as for an interactive
+/// login, and what is written to that tty on the node shows on the test's terminal.
+pub fn ssh_tty_command(port: u16, key: &SshKey, user: &str, command: &str) -> Command {
+    ssh_command_with(&["-tt"], port, key, user, command)
+}
+
+fn ssh_command_with(
+    options: &[&str],
+    port: u16,
+    key: &SshKey,
+    user: &str,
+    command: &str,
+) -> Command {
     let mut cmd = Command::new("ssh");
-    cmd.args(["-F", "/dev/null", "-i"])
+    cmd.args(options)
+        .args(["-F", "/dev/null", "-i"])
         .arg(&key.private)
         .args([
             "-o",
