@@ -30,6 +30,11 @@ pub enum Source {
         /// Age of the cached answer.
         age: Duration,
     },
+    /// From the cache, kept current by `nodegate-agent`'s live watch: the API was not asked.
+    Watched {
+        /// How long ago the agent last confirmed its watch live.
+        confirmed_ago: Duration,
+    },
     /// From the cache because the API could not answer.
     StaleCache {
         /// Age of the cached answer.
@@ -47,6 +52,11 @@ impl fmt::Display for Source {
         match self {
             Self::Api => f.write_str("api"),
             Self::FreshCache { age } => write!(f, "cache (fresh, age {})", secs(age)),
+            Self::Watched { confirmed_ago } => write!(
+                f,
+                "cache (watched by nodegate-agent, confirmed {} ago)",
+                secs(confirmed_ago)
+            ),
             Self::StaleCache { age } => {
                 write!(f, "cache (API unavailable, age {})", secs(age))
             }
@@ -218,6 +228,16 @@ pub fn lookup(
         let cached_answer = row
             .as_ref()
             .map(|row| answer(&row.annotations, Source::NotLookedUp, log));
+        // Only worth reading when there is a row it could confirm.
+        let watch_confirmed_ago = row
+            .as_ref()
+            .and_then(|_| log_cache_result(cache, log, |c| c.watch_confirmation(node, prefix)))
+            .flatten()
+            .filter(|c| same_credentials(&c.credentials, credentials_now.as_deref()))
+            .and_then(|c| match (&now.boot, &c.stamp.boot) {
+                (Some(now), Some(then)) => now.since(then),
+                _ => None,
+            });
         let facts = row
             .as_ref()
             .zip(cached_answer.as_ref())
@@ -225,13 +245,21 @@ pub fn lookup(
                 age: policy::row_age(&row.stamp, &now),
                 serves_keys: !lines.lines.is_empty(),
                 same_credentials: same_credentials(&row.credentials, credentials_now.as_deref()),
+                watch_confirmed_ago,
             });
-        if let (BeforeApi::ServeFresh { age }, Some(mut fresh)) = (
+        match (
             policy::before_api(facts.as_ref(), None, &policy),
             cached_answer,
         ) {
-            fresh.source = Source::FreshCache { age };
-            return Consulted::Fresh(fresh);
+            (BeforeApi::ServeFresh { age }, Some(mut fresh)) => {
+                fresh.source = Source::FreshCache { age };
+                return Consulted::Fresh(fresh);
+            }
+            (BeforeApi::ServeWatched { confirmed_ago }, Some(mut watched)) => {
+                watched.source = Source::Watched { confirmed_ago };
+                return Consulted::Fresh(watched);
+            }
+            _ => {}
         }
         // Not fresh: only now is the last failure worth reading.
         let failure = log_cache_result(cache, log, |c| c.last_failure(node, prefix))

@@ -28,8 +28,11 @@ use crate::policy::Stamp;
 /// `PRAGMA application_id` of a nodegate grants cache: "NGC1".
 pub const APPLICATION_ID: i32 = 0x4E47_4331;
 /// `PRAGMA user_version` of the current schema. Version 1 (no boot clock, no failures) is
-/// migrated in place: its rows keep serving outages, but are never fresh.
-pub const SCHEMA_VERSION: i32 = 2;
+/// migrated in place: its rows keep serving outages, but are never fresh. Version 2 (no
+/// `nodegate-agent` tables) is migrated in place too. A file of a newer version than this
+/// command's (a package downgrade) is moved aside like a foreign one: its rows might mean
+/// something this command cannot tell.
+pub const SCHEMA_VERSION: i32 = 3;
 /// Longest cached annotations text accepted, in bytes (a Node's annotations are at most 256 KiB).
 const MAX_CACHED_LEN: usize = 1024 * 1024;
 /// Longest failure reason kept.
@@ -56,6 +59,30 @@ const CREATE_V2_TABLES: &str = "
       reason TEXT NOT NULL,
       PRIMARY KEY (node, prefix)
     ) STRICT;";
+
+/// Version 3: what `nodegate-agent` keeps. `watch_confirmations` says until when its watch of
+/// the Node was known to be live (the `node_grants` row is then what the API holds, as of that
+/// moment); `agent_sessions` holds its records of live sessions, so that a restart of the
+/// agent forgets none.
+const CREATE_V3_TABLES: &str = "
+    CREATE TABLE IF NOT EXISTS watch_confirmations (
+      node TEXT NOT NULL,
+      prefix TEXT NOT NULL,
+      confirmed_at_ms INTEGER NOT NULL,
+      boot_id TEXT NOT NULL,
+      boot_ms INTEGER NOT NULL,
+      credentials TEXT NOT NULL,
+      PRIMARY KEY (node, prefix)
+    ) STRICT;
+    CREATE TABLE IF NOT EXISTS agent_sessions (
+      node TEXT NOT NULL,
+      prefix TEXT NOT NULL,
+      records TEXT NOT NULL,
+      PRIMARY KEY (node, prefix)
+    ) STRICT;";
+
+/// Longest session records text accepted, in bytes.
+const MAX_RECORDS_LEN: usize = 4 * 1024 * 1024;
 
 /// What went wrong with the cache.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +136,16 @@ pub struct CachedNode {
     /// When the request that read them was sent.
     pub stamp: Stamp,
     /// The credentials that read them (see `identity::credentials_stamp`).
+    pub credentials: String,
+}
+
+/// A moment at which `nodegate-agent`'s watch of the Node was live: the cached row held
+/// everything the API held then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchConfirmation {
+    /// When.
+    pub stamp: Stamp,
+    /// The credentials the watch ran with.
     pub credentials: String,
 }
 
@@ -362,6 +399,158 @@ impl Cache {
             }),
         )
     }
+}
+
+impl Cache {
+    /// Stores a row read by the agent's watch and confirms it in one transaction, so that a
+    /// login never sees a confirmation without the row it confirms. Unlike [`Cache::store`],
+    /// the row always replaces the cached one: a watch event is newer than any GET sent before
+    /// it, and a GET that overtakes it is corrected by the next event.
+    pub fn store_watched(
+        &mut self,
+        node: &NodeName,
+        prefix: &AnnotationPrefix,
+        row: &CachedNode,
+    ) -> Result<(), CacheError> {
+        let text = serde_json::to_string(&row.annotations).unwrap_or_else(|_| "{}".into());
+        let (boot_id, boot_ms) = boot_columns(row.stamp.boot.as_ref());
+        let wall_ms = row.stamp.wall.timestamp_millis();
+        self.repairing(|conn| {
+            let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO node_grants
+                   (node, prefix, annotations, fetched_at_ms, boot_id, boot_ms, credentials)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![node.as_str(), prefix.as_str(), text, wall_ms, boot_id, boot_ms, row.credentials],
+            )?;
+            tx.execute(
+                "DELETE FROM api_failures WHERE node = ?1 AND prefix = ?2",
+                params![node.as_str(), prefix.as_str()],
+            )?;
+            confirm(&tx, node, prefix, wall_ms, boot_id, boot_ms, &row.credentials)?;
+            tx.commit()
+        })
+    }
+
+    /// Confirms that the cached row is still what the API holds (the watch is live).
+    pub fn confirm_watch(
+        &mut self,
+        node: &NodeName,
+        prefix: &AnnotationPrefix,
+        confirmation: &WatchConfirmation,
+    ) -> Result<(), CacheError> {
+        let (boot_id, boot_ms) = boot_columns(confirmation.stamp.boot.as_ref());
+        let wall_ms = confirmation.stamp.wall.timestamp_millis();
+        self.repairing(|conn| {
+            confirm(
+                conn,
+                node,
+                prefix,
+                wall_ms,
+                boot_id,
+                boot_ms,
+                &confirmation.credentials,
+            )
+            .map(drop)
+        })
+    }
+
+    /// Withdraws the confirmation: the watch is no longer live (the agent stops, or lost the
+    /// API), so logins go back to asking the API at once instead of after the window.
+    pub fn withdraw_watch(
+        &mut self,
+        node: &NodeName,
+        prefix: &AnnotationPrefix,
+    ) -> Result<(), CacheError> {
+        self.repairing(|conn| {
+            conn.execute(
+                "DELETE FROM watch_confirmations WHERE node = ?1 AND prefix = ?2",
+                params![node.as_str(), prefix.as_str()],
+            )
+            .map(drop)
+        })
+    }
+
+    /// The last confirmation of the agent's watch, if any.
+    pub fn watch_confirmation(
+        &mut self,
+        node: &NodeName,
+        prefix: &AnnotationPrefix,
+    ) -> Result<Option<WatchConfirmation>, CacheError> {
+        let row = self.repairing(|conn| {
+            conn.query_row(
+                "SELECT confirmed_at_ms, boot_id, boot_ms, credentials
+                 FROM watch_confirmations WHERE node = ?1 AND prefix = ?2",
+                params![node.as_str(), prefix.as_str()],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
+            )
+            .optional()
+        })?;
+        Ok(row.and_then(|(wall_ms, boot_id, boot_ms, credentials)| {
+            Some(WatchConfirmation {
+                stamp: stamp_from_row(wall_ms, boot_id, boot_ms)?,
+                credentials,
+            })
+        }))
+    }
+
+    /// Replaces the agent's session records (a JSON text the agent validates when it reads
+    /// them back).
+    pub fn store_session_records(
+        &mut self,
+        node: &NodeName,
+        prefix: &AnnotationPrefix,
+        records: &str,
+    ) -> Result<(), CacheError> {
+        self.repairing(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO agent_sessions (node, prefix, records) VALUES (?1, ?2, ?3)",
+                params![node.as_str(), prefix.as_str(), records],
+            )
+            .map(drop)
+        })
+    }
+
+    /// The agent's session records as stored, if any and not oversized; validate before use.
+    pub fn session_records(
+        &mut self,
+        node: &NodeName,
+        prefix: &AnnotationPrefix,
+    ) -> Result<Option<String>, CacheError> {
+        let text: Option<String> = self.repairing(|conn| {
+            conn.query_row(
+                "SELECT records FROM agent_sessions WHERE node = ?1 AND prefix = ?2",
+                params![node.as_str(), prefix.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        Ok(text.filter(|t| t.len() <= MAX_RECORDS_LEN))
+    }
+}
+
+fn confirm(
+    conn: &Connection,
+    node: &NodeName,
+    prefix: &AnnotationPrefix,
+    wall_ms: i64,
+    boot_id: &str,
+    boot_ms: i64,
+    credentials: &str,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT OR REPLACE INTO watch_confirmations
+           (node, prefix, confirmed_at_ms, boot_id, boot_ms, credentials)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![node.as_str(), prefix.as_str(), wall_ms, boot_id, boot_ms, credentials],
+    )
 }
 
 fn boot_columns(boot: Option<&BootInstant>) -> (&str, i64) {
@@ -654,7 +843,8 @@ fn initialise(conn: &Connection) -> rusqlite::Result<()> {
         tx.execute_batch(&format!(
             "PRAGMA application_id = {APPLICATION_ID};
              PRAGMA user_version = {SCHEMA_VERSION};
-             {CREATE_V2_TABLES}"
+             {CREATE_V2_TABLES}
+             {CREATE_V3_TABLES}"
         ))?;
     } else if id == APPLICATION_ID && version == 1 {
         tx.execute_batch(&format!(
@@ -662,6 +852,12 @@ fn initialise(conn: &Connection) -> rusqlite::Result<()> {
              ALTER TABLE node_grants ADD COLUMN boot_ms INTEGER NOT NULL DEFAULT 0;
              ALTER TABLE node_grants ADD COLUMN credentials TEXT NOT NULL DEFAULT '';
              {CREATE_V2_TABLES}
+             {CREATE_V3_TABLES}
+             PRAGMA user_version = {SCHEMA_VERSION};"
+        ))?;
+    } else if id == APPLICATION_ID && version == 2 {
+        tx.execute_batch(&format!(
+            "{CREATE_V3_TABLES}
              PRAGMA user_version = {SCHEMA_VERSION};"
         ))?;
     }
@@ -831,6 +1027,75 @@ mod tests {
             .unwrap();
         assert_eq!(row.stamp.boot, None, "an old row is never fresh");
         assert_eq!(row.annotations.len(), 1);
+    }
+
+    #[test]
+    fn a_version_2_cache_is_migrated_and_keeps_its_rows() {
+        let dir = Dir::new("migrate2");
+        let path = dir.0.join("c.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!(
+                "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 2; {CREATE_V2_TABLES}
+                 INSERT INTO node_grants VALUES ('n1', 'ssh.nodegate.dev', '{{\"ssh.nodegate.dev/g.root.00\":\"v\"}}', 1764547200000, 'b', 7, 'c');"
+            ))
+            .unwrap();
+        }
+        let mut cache = Cache::open(&path, Duration::from_millis(100)).unwrap();
+        assert!(cache.take_replacements().is_empty(), "migrated, not replaced");
+        let p = AnnotationPrefix::default();
+        assert_eq!(cache.load(&node(), &p).unwrap().unwrap().annotations.len(), 1);
+        assert_eq!(cache.watch_confirmation(&node(), &p).unwrap(), None);
+    }
+
+    #[test]
+    fn a_watched_row_replaces_any_row_and_is_confirmed_with_it() {
+        let dir = Dir::new("watched");
+        let path = dir.0.join("c.sqlite");
+        let mut cache = Cache::open(&path, Duration::from_millis(100)).unwrap();
+        let p = AnnotationPrefix::default();
+        cache.store(&node(), &p, &row(9000, "2026-12-01T00:00:09Z", "old")).unwrap();
+        cache
+            .record_failure(
+                &node(),
+                &p,
+                &RecordedFailure {
+                    stamp: row(9100, "2026-12-01T00:00:09Z", "").stamp,
+                    credentials: "c".into(),
+                    reason: "timeout".into(),
+                },
+            )
+            .unwrap();
+        // Stamped earlier on the boot clock than the stored GET, yet it wins: it is an event.
+        let watched = row(8000, "2026-12-01T00:00:08Z", "new");
+        cache.store_watched(&node(), &p, &watched).unwrap();
+        assert_eq!(cache.load(&node(), &p).unwrap(), Some(watched.clone()));
+        assert_eq!(cache.last_failure(&node(), &p).unwrap(), None);
+        let confirmed = cache.watch_confirmation(&node(), &p).unwrap().unwrap();
+        assert_eq!(confirmed.stamp, watched.stamp);
+        let later = WatchConfirmation {
+            stamp: row(8500, "2026-12-01T00:00:08Z", "").stamp,
+            credentials: "c".into(),
+        };
+        cache.confirm_watch(&node(), &p, &later).unwrap();
+        assert_eq!(cache.watch_confirmation(&node(), &p).unwrap(), Some(later));
+        cache.withdraw_watch(&node(), &p).unwrap();
+        assert_eq!(cache.watch_confirmation(&node(), &p).unwrap(), None);
+        assert_eq!(cache.load(&node(), &p).unwrap(), Some(watched), "the row stays");
+    }
+
+    #[test]
+    fn session_records_are_kept_per_node_and_oversized_ones_ignored() {
+        let dir = Dir::new("records");
+        let path = dir.0.join("c.sqlite");
+        let mut cache = Cache::open(&path, Duration::from_millis(100)).unwrap();
+        let p = AnnotationPrefix::default();
+        assert_eq!(cache.session_records(&node(), &p).unwrap(), None);
+        cache.store_session_records(&node(), &p, "[]").unwrap();
+        assert_eq!(cache.session_records(&node(), &p).unwrap().as_deref(), Some("[]"));
+        let huge = "x".repeat(MAX_RECORDS_LEN + 1);
+        cache.store_session_records(&node(), &p, &huge).unwrap();
+        assert_eq!(cache.session_records(&node(), &p).unwrap(), None);
     }
 
     #[test]

@@ -103,6 +103,118 @@ pub struct ConfigFile {
     pub api_backoff: Option<String>,
     /// Where `publish-host-keys` finds `ssh_host_*_key.pub` (default `/etc/ssh`).
     pub host_key_dir: Option<PathBuf>,
+    /// The `[agent]` table: settings of `nodegate-agent` only (the login path ignores them).
+    pub agent: Option<AgentFile>,
+}
+
+/// The `[agent]` table of the config file. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    /// How long before a grant expires its sessions are warned, e.g. `"5m"`; `"0s"` is off.
+    pub warn_before: Option<String>,
+    /// Time between the warning on revoke or expiry and the end of the session, e.g. `"5s"`.
+    pub end_grace: Option<String>,
+    /// Strict mode: `"off"`, or how long the view may be unconfirmed by the API before every
+    /// grant session is ended.
+    pub end_when_stale: Option<String>,
+    /// Whether logins and logouts are recorded as Events on the Node.
+    pub record_logins: Option<bool>,
+    /// How often sshd sessions are looked for, e.g. `"1s"`.
+    pub scan_interval: Option<String>,
+}
+
+/// Default `warn_before`: enough to ask for more time and get it.
+pub const DEFAULT_WARN_BEFORE: Duration = Duration::from_secs(5 * 60);
+/// Default `end_grace`: long enough to read the warning, short enough that a revoke is prompt.
+pub const DEFAULT_END_GRACE: Duration = Duration::from_secs(5);
+/// Default `scan_interval`.
+pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest `end_grace` accepted: a revoked session must not outlive its revoke by much.
+pub const MAX_END_GRACE: Duration = Duration::from_secs(60);
+
+/// The settings of `nodegate-agent`, from the `[agent]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSettings {
+    /// Warning ahead of expiry (zero: none).
+    pub warn_before: Duration,
+    /// From the warning on revoke or expiry to SIGTERM.
+    pub end_grace: Duration,
+    /// Strict mode: end grant sessions once the view has been stale this long.
+    pub end_when_stale: Option<Duration>,
+    /// Record logins and logouts as Events.
+    pub record_logins: bool,
+    /// How often sessions are looked for.
+    pub scan_interval: Duration,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            warn_before: DEFAULT_WARN_BEFORE,
+            end_grace: DEFAULT_END_GRACE,
+            end_when_stale: None,
+            record_logins: true,
+            scan_interval: DEFAULT_SCAN_INTERVAL,
+        }
+    }
+}
+
+impl AgentSettings {
+    fn from_file(file: AgentFile) -> Result<Self, ConfigError> {
+        let warn_before =
+            duration_setting("agent.warn_before", file.warn_before, DEFAULT_WARN_BEFORE)?;
+        let end_grace = duration_setting("agent.end_grace", file.end_grace, DEFAULT_END_GRACE)?;
+        if end_grace > MAX_END_GRACE {
+            return Err(ConfigError::Duration {
+                setting: "agent.end_grace",
+                value: humantime::format_duration(end_grace).to_string(),
+                problem: format!(
+                    "must be at most {} (a revoked session would live on that long)",
+                    humantime::format_duration(MAX_END_GRACE)
+                ),
+            });
+        }
+        let end_when_stale = match file.end_when_stale.as_deref().map(str::trim) {
+            None | Some("off") => None,
+            Some(_) => Some(duration_setting(
+                "agent.end_when_stale",
+                file.end_when_stale,
+                Duration::ZERO,
+            )?),
+        };
+        if end_when_stale.is_some_and(|d| d < Duration::from_secs(10)) {
+            return Err(ConfigError::Duration {
+                setting: "agent.end_when_stale",
+                value: file_value(end_when_stale),
+                problem: "must be \"off\" or at least 10s (a watch is restarted every minute or so, and a restart must not end sessions)".into(),
+            });
+        }
+        let scan_interval = duration_setting(
+            "agent.scan_interval",
+            file.scan_interval,
+            DEFAULT_SCAN_INTERVAL,
+        )?;
+        if scan_interval < Duration::from_millis(100) || scan_interval > Duration::from_secs(60) {
+            return Err(ConfigError::Duration {
+                setting: "agent.scan_interval",
+                value: humantime::format_duration(scan_interval).to_string(),
+                problem: "must be between 100ms and 60s".into(),
+            });
+        }
+        Ok(Self {
+            warn_before,
+            end_grace,
+            end_when_stale,
+            record_logins: file.record_logins.unwrap_or(true),
+            scan_interval,
+        })
+    }
+}
+
+fn file_value(d: Option<Duration>) -> String {
+    d.map(|d| humantime::format_duration(d).to_string())
+        .unwrap_or_default()
 }
 
 /// Values given on the command line; they win over the config file.
@@ -145,6 +257,8 @@ pub struct Settings {
     pub api_backoff: Duration,
     /// Where `publish-host-keys` reads the host keys.
     pub host_key_dir: PathBuf,
+    /// The settings of `nodegate-agent`.
+    pub agent: AgentSettings,
 }
 
 impl Settings {
@@ -244,6 +358,10 @@ impl Settings {
                 .clone()
                 .or(file.host_key_dir)
                 .unwrap_or_else(|| PathBuf::from(crate::publish_host_keys::DEFAULT_HOST_KEY_DIR)),
+            agent: match file.agent {
+                Some(agent) => AgentSettings::from_file(agent)?,
+                None => AgentSettings::default(),
+            },
         })
     }
 }
@@ -311,5 +429,34 @@ mod tests {
         assert!(bad("deadline = \"5m\"").contains("between"));
         assert!(bad("node_name = \"../x\"").contains("not a valid node name"));
         assert!(bad("prefix = \"UPPER\"").contains("prefix"));
+        assert!(bad("[agent]\nend_grace = \"2m\"").contains("agent.end_grace"));
+        assert!(bad("[agent]\nend_when_stale = \"1s\"").contains("at least 10s"));
+        assert!(bad("[agent]\nend_when_stale = \"never\"").contains("agent.end_when_stale"));
+        assert!(bad("[agent]\nscan_interval = \"1ms\"").contains("between"));
+        assert!(toml::from_str::<ConfigFile>("[agent]\nwarn = \"1m\"").is_err());
+    }
+
+    #[test]
+    fn agent_settings_default_and_from_file() {
+        let s = Settings::from_parts(ConfigFile::default(), &Overrides::default(), None).unwrap();
+        assert_eq!(s.agent, AgentSettings::default());
+        let file: ConfigFile = toml::from_str(
+            "[agent]\nwarn_before = \"0s\"\nend_grace = \"1s\"\nend_when_stale = \"15m\"\nrecord_logins = false\nscan_interval = \"500ms\"",
+        )
+        .unwrap();
+        let s = Settings::from_parts(file, &Overrides::default(), None).unwrap();
+        assert_eq!(
+            s.agent,
+            AgentSettings {
+                warn_before: Duration::ZERO,
+                end_grace: Duration::from_secs(1),
+                end_when_stale: Some(Duration::from_secs(900)),
+                record_logins: false,
+                scan_interval: Duration::from_millis(500),
+            }
+        );
+        let off: ConfigFile = toml::from_str("[agent]\nend_when_stale = \"off\"").unwrap();
+        let s = Settings::from_parts(off, &Overrides::default(), None).unwrap();
+        assert_eq!(s.agent.end_when_stale, None);
     }
 }

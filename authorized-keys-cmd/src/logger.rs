@@ -22,6 +22,7 @@ pub enum Level {
 pub struct Logger {
     syslog: Option<syslog::Logger<LoggerBackend, Formatter3164>>,
     stderr: bool,
+    name: &'static str,
 }
 
 impl Logger {
@@ -36,6 +37,17 @@ impl Logger {
         Self {
             syslog: syslog::unix(formatter).ok(),
             stderr: verbose || std::io::stderr().is_terminal(),
+            name: "authorized-keys-cmd",
+        }
+    }
+
+    /// A logger for a service under systemd: to stderr only, which the journal keeps (with
+    /// the unit's name and pid), so nothing is logged twice.
+    pub fn stderr_only(name: &'static str) -> Self {
+        Self {
+            syslog: None,
+            stderr: true,
+            name,
         }
     }
 
@@ -56,7 +68,7 @@ impl Logger {
                 Level::Warning => "warning",
                 Level::Error => "error",
             };
-            let _ = writeln!(std::io::stderr(), "authorized-keys-cmd: {tag}: {text}");
+            let _ = writeln!(std::io::stderr(), "{}: {tag}: {text}", self.name);
         }
     }
 

@@ -5,6 +5,11 @@
 //! cache, asks the API) and carries the decision out.
 //!
 //! The rules, in order:
+//! - While `nodegate-agent` watches the Node, the cached row is what the API holds: it is
+//!   served, hit or miss, without asking the API, when the agent confirmed its watch live less
+//!   than `freshness` ago on this boot's clock, with the credentials in use now. An agent that
+//!   stops or hangs stops confirming, and within `freshness` the rules below apply as if it had
+//!   never run.
 //! - A cached answer is *fresh*, and the API is not asked, only when its age is measured on the
 //!   boot clock of this boot (so no wall-clock step can make it younger), it was read with the
 //!   very credentials in use now, and it is younger than `freshness` (a cached "no" only
@@ -124,6 +129,9 @@ pub struct CachedFacts {
     pub serves_keys: bool,
     /// Whether it was read with the credentials in use now (same kubeconfig file, unchanged).
     pub same_credentials: bool,
+    /// How long ago `nodegate-agent` last confirmed its watch live, on this boot's clock, with
+    /// the credentials in use now; `None` when there is no such confirmation.
+    pub watch_confirmed_ago: Option<Duration>,
 }
 
 /// A failure of the API recorded by an earlier invocation.
@@ -140,6 +148,11 @@ pub struct RecentFailure {
 /// What to do before asking the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BeforeApi {
+    /// Serve the cached row: the agent's live watch keeps it current; the API is not asked.
+    ServeWatched {
+        /// How long ago the watch was confirmed live.
+        confirmed_ago: Duration,
+    },
     /// Serve the cached row; the API is not asked.
     ServeFresh {
         /// Its age, on the boot clock.
@@ -174,6 +187,13 @@ pub fn before_api(
             WithoutApi::ServeStale { .. }
         )
     });
+    if let Some(row) = cached
+        && row.same_credentials
+        && let Some(confirmed_ago) = row.watch_confirmed_ago
+        && confirmed_ago < policy.freshness
+    {
+        return BeforeApi::ServeWatched { confirmed_ago };
+    }
     if let Some(row) = cached
         && row.same_credentials
         && let RowAge::Measured(age) = row.age
@@ -291,11 +311,56 @@ mod tests {
             age,
             serves_keys,
             same_credentials: true,
+            watch_confirmed_ago: None,
         }
     }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_live_watch_serves_hits_and_misses_of_any_age_without_the_api() {
+        for serves_keys in [true, false] {
+            let watched = CachedFacts {
+                watch_confirmed_ago: Some(ms(900)),
+                // A row that has not changed for a day is still what the API holds.
+                ..facts(RowAge::Measured(Duration::from_secs(86_400)), serves_keys)
+            };
+            assert_eq!(
+                before_api(Some(&watched), None, &POLICY),
+                BeforeApi::ServeWatched {
+                    confirmed_ago: ms(900)
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_watch_confirmed_too_long_ago_or_with_other_credentials_does_not_count() {
+        let lapsed = CachedFacts {
+            watch_confirmed_ago: Some(POLICY.freshness),
+            ..facts(RowAge::Measured(Duration::from_secs(60)), true)
+        };
+        assert_eq!(before_api(Some(&lapsed), None, &POLICY), BeforeApi::AskApi);
+        let other_credentials = CachedFacts {
+            watch_confirmed_ago: Some(ms(10)),
+            same_credentials: false,
+            ..facts(RowAge::Measured(Duration::from_secs(60)), true)
+        };
+        assert_eq!(
+            before_api(Some(&other_credentials), None, &POLICY),
+            BeforeApi::AskApi
+        );
+        // Lapsed, but the row itself is fresh: the ordinary window still applies.
+        let fresh = CachedFacts {
+            watch_confirmed_ago: Some(Duration::from_secs(60)),
+            ..facts(RowAge::Measured(ms(200)), true)
+        };
+        assert_eq!(
+            before_api(Some(&fresh), None, &POLICY),
+            BeforeApi::ServeFresh { age: ms(200) }
+        );
     }
 
     #[test]
