@@ -1,4 +1,6 @@
-//! Node packaging: the sshd drop-in library shared by the .deb, the RPM and install.sh, the
+//! Node packaging: the sshd drop-in library shared by the .deb, the RPM and install.sh (the
+//! AuthorizedKeysCommand drop-in and the ExposeAuthInfo one nodegate-agent needs), the
+//! hardening of nodegate-agent.service, the
 //! credential export (`authorized-keys-cmd export-kubeconfig`), and (ignored unless
 //! `packaging/test-packages` runs it, after installing the package on this machine) a real ssh
 //! login through the installed package, with the credentials exported as the packaged unit does.
@@ -54,6 +56,10 @@ impl SshdConfig {
         self.dropin("50-nodegate.conf")
     }
 
+    fn ours_expose(&self) -> PathBuf {
+        self.dropin("51-nodegate-expose-auth-info.conf")
+    }
+
     /// Runs `nodegate-sshd.sh ACTION` from the source tree against this configuration.
     fn run_library(&self, action: &str) -> Checked {
         let library = workspace_root().join("packaging/node/nodegate-sshd.sh");
@@ -73,22 +79,35 @@ impl SshdConfig {
 
     /// What sshd itself considers the AuthorizedKeysCommand (`none` when unset).
     fn effective_command(&self) -> String {
-        let out = Command::new("/usr/sbin/sshd")
-            .arg("-T")
-            .arg("-f")
-            .arg(self.main())
-            .output()
-            .expect("run sshd -T");
+        self.effective("authorizedkeyscommand", &[])
+            .unwrap_or_else(|| "none".to_owned())
+    }
+
+    /// sshd's effective value of `keyword` (lower case, as `sshd -T` prints it), for a
+    /// connection described by `-C` `connection` (e.g. `user=deploy,...`) when given.
+    fn effective(&self, keyword: &str, connection: &[&str]) -> Option<String> {
+        let mut command = Command::new("/usr/sbin/sshd");
+        command.arg("-T").arg("-f").arg(self.main());
+        if !connection.is_empty() {
+            command.arg("-C").arg(connection.join(","));
+        }
+        let out = command.output().expect("run sshd -T");
         assert!(
             out.status.success(),
             "sshd -T failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("authorizedkeyscommand "))
-            .unwrap_or("none")
-            .to_owned()
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            l.strip_prefix(keyword)?
+                .strip_prefix(' ')
+                .map(str::to_owned)
+        })
+    }
+
+    /// `ExposeAuthInfo` as sshd applies it globally.
+    fn effective_expose(&self) -> String {
+        self.effective("exposeauthinfo", &[])
+            .expect("this sshd knows ExposeAuthInfo (OpenSSH 7.6 or later)")
     }
 
     /// The drop-in directory's files and contents, to compare before and after.
@@ -131,14 +150,31 @@ fn enable_installs_a_validated_dropin_and_disable_restores_the_previous_state() 
     );
     assert_eq!(config.effective_command(), OUR_COMMAND);
     assert_eq!(fs::metadata(config.ours()).unwrap().mode() & 0o777, 0o644);
+    // ExposeAuthInfo was not set: nodegate-agent gets it, in a drop-in of its own.
+    let expose =
+        fs::read_to_string(config.ours_expose()).expect("ExposeAuthInfo drop-in installed");
+    assert!(
+        expose.starts_with(MARKER),
+        "drop-in without marker:\n{expose}"
+    );
+    assert_eq!(
+        fs::metadata(config.ours_expose()).unwrap().mode() & 0o777,
+        0o644
+    );
+    assert_eq!(config.effective_expose(), "yes");
     let status = config.run_library("status");
     assert!(status.status.success(), "status: {}", status.stderr.clone());
+    assert!(
+        status.stdout.contains("ExposeAuthInfo: yes"),
+        "{}",
+        status.stdout
+    );
 
     // Enabling again (a package upgrade) changes nothing.
     let again = config.run_library("enable");
     assert!(again.status.success());
     assert!(
-        again.stderr.clone().contains("up to date"),
+        again.stderr.clone().contains("up to date") && !again.stderr.clone().contains("installed"),
         "{}",
         again.stderr.clone()
     );
@@ -155,7 +191,118 @@ fn enable_installs_a_validated_dropin_and_disable_restores_the_previous_state() 
         "disable must restore the previous files"
     );
     assert_eq!(config.effective_command(), "none");
+    assert_eq!(config.effective_expose(), "no");
     assert!(!config.run_library("status").status.success());
+}
+
+#[test]
+fn an_expose_auth_info_the_operator_set_is_left_alone() {
+    // sshd keeps the first value it reads and the drop-ins come first, so a drop-in of ours
+    // would override sshd_config's own line: any explicit setting, yes or no, stays the only one.
+    for (where_, text, value) in [
+        ("sshd_config", "ExposeAuthInfo yes\n", "yes"),
+        ("10-site.conf", "ExposeAuthInfo=yes\n", "yes"),
+        ("sshd_config", "ExposeAuthInfo no\n", "no"),
+        ("20-site.conf", "  exposeauthinfo \"no\"\n", "no"),
+    ] {
+        let config = if where_ == "sshd_config" {
+            SshdConfig::new(text)
+        } else {
+            let config = SshdConfig::new("");
+            fs::write(config.dropin(where_), text).unwrap();
+            config
+        };
+        let out = config.run_library("enable");
+        let message = out.stderr.clone();
+        assert!(out.status.success(), "{where_}: {message}");
+        // The login path is still turned on; only the ExposeAuthInfo drop-in is not added.
+        assert_eq!(
+            config.effective_command(),
+            OUR_COMMAND,
+            "{where_}: {message}"
+        );
+        assert!(
+            !config.ours_expose().exists(),
+            "{where_} sets it: {message}"
+        );
+        assert_eq!(config.effective_expose(), value, "{where_}: {message}");
+        assert!(
+            message.contains(where_),
+            "the message must name {where_}:\n{message}"
+        );
+        if value == "no" {
+            assert!(
+                message.contains("cannot end live sessions") && message.contains("did NOT add"),
+                "an explicit no must be reported with what it costs:\n{message}"
+            );
+        } else {
+            assert!(message.contains("already set"), "{where_}: {message}");
+        }
+        let status = config.run_library("status");
+        assert!(
+            status.stdout.contains("set by the operator"),
+            "{}",
+            status.stdout
+        );
+        // Removal takes out our drop-in only: the operator's setting stays in force.
+        let before_disable = fs::read_to_string(config.main()).unwrap();
+        assert!(config.run_library("disable").status.success());
+        assert_eq!(config.effective_expose(), value);
+        assert_eq!(fs::read_to_string(config.main()).unwrap(), before_disable);
+    }
+}
+
+#[test]
+fn an_expose_auth_info_no_set_after_our_install_wins_at_the_next_enable() {
+    // An upgrade (enable again) after the operator turned it off in sshd_config: our drop-in,
+    // read first, would keep overriding that, so it goes.
+    let config = SshdConfig::new("");
+    assert!(config.run_library("enable").status.success());
+    assert!(config.ours_expose().exists());
+    let mut main = fs::read_to_string(config.main()).unwrap();
+    main.push_str("ExposeAuthInfo no\n");
+    fs::write(config.main(), main).unwrap();
+    assert_eq!(config.effective_expose(), "yes", "ours is read first");
+    let out = config.run_library("enable");
+    assert!(out.status.success(), "{}", out.stderr.clone());
+    assert!(!config.ours_expose().exists(), "{}", out.stderr.clone());
+    assert_eq!(config.effective_expose(), "no");
+    assert!(config.ours().exists(), "the command drop-in stays");
+}
+
+#[test]
+fn expose_auth_info_in_a_match_block_stays_in_force_for_its_users() {
+    let config = SshdConfig::new("Match User deploy\n    ExposeAuthInfo no\n");
+    let out = config.run_library("enable");
+    let message = out.stderr.clone();
+    assert!(out.status.success(), "{message}");
+    assert!(config.ours_expose().exists(), "{message}");
+    assert!(
+        message.contains("Match") && message.contains("ExposeAuthInfo no"),
+        "the Match block's setting must be reported:\n{message}"
+    );
+    assert_eq!(config.effective_expose(), "yes");
+    let connection = |user: &str| {
+        [
+            format!("user={user}"),
+            "host=client".to_owned(),
+            "addr=192.0.2.1".to_owned(),
+            "laddr=192.0.2.2".to_owned(),
+            "lport=22".to_owned(),
+        ]
+    };
+    let deploy = connection("deploy");
+    let deploy: Vec<&str> = deploy.iter().map(String::as_str).collect();
+    let alice = connection("alice");
+    let alice: Vec<&str> = alice.iter().map(String::as_str).collect();
+    assert_eq!(
+        config.effective("exposeauthinfo", &deploy).as_deref(),
+        Some("no")
+    );
+    assert_eq!(
+        config.effective("exposeauthinfo", &alice).as_deref(),
+        Some("yes")
+    );
 }
 
 #[test]
@@ -260,6 +407,129 @@ fn a_dropin_dir_sshd_does_not_include_is_reported() {
         out.stderr.clone().contains("does not read") && out.stderr.clone().contains("Include"),
         "{}",
         out.stderr.clone()
+    );
+}
+
+/// The `KEY=VALUE` lines of a unit file, in order (comments and section headers left out).
+fn unit_settings(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_agent_unit_is_hardened_as_documented() {
+    let path = workspace_root().join("packaging/node/systemd/nodegate-agent.service");
+    let text = fs::read_to_string(&path).expect("nodegate-agent.service");
+    let settings = unit_settings(&text);
+    let values = |key: &str| -> Vec<&str> {
+        settings
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    for (key, want) in [
+        ("Type", "simple"),
+        ("ExecStart", "/usr/libexec/nodegate/nodegate-agent"),
+        ("Restart", "always"),
+        ("RestartSec", "5s"),
+        ("StartLimitIntervalSec", "0"),
+        (
+            "After",
+            "network-online.target nodegate-node-credentials.service",
+        ),
+        ("WantedBy", "multi-user.target"),
+        ("User", "nodegate"),
+        ("Group", "nodegate"),
+        ("SupplementaryGroups", "tty"),
+        (
+            "AmbientCapabilities",
+            "CAP_KILL CAP_SYS_PTRACE CAP_DAC_READ_SEARCH",
+        ),
+        (
+            "CapabilityBoundingSet",
+            "CAP_KILL CAP_SYS_PTRACE CAP_DAC_READ_SEARCH",
+        ),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ReadWritePaths", "/var/lib/nodegate"),
+        ("ProtectHome", "read-only"),
+        ("PrivateDevices", "yes"),
+        ("ProtectKernelTunables", "yes"),
+        ("ProtectKernelModules", "yes"),
+        ("ProtectControlGroups", "yes"),
+        ("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"),
+        ("LockPersonality", "yes"),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("RestrictRealtime", "yes"),
+        ("SystemCallArchitectures", "native"),
+        ("ProtectClock", "yes"),
+        ("ProtectHostname", "yes"),
+        ("RestrictNamespaces", "yes"),
+    ] {
+        assert_eq!(values(key), [want], "{key}= in {}", path.display());
+    }
+    // ptrace(2) and the other ways CAP_SYS_PTRACE writes into processes are filtered out.
+    let filters = values("SystemCallFilter");
+    assert!(filters.contains(&"@system-service"), "{filters:?}");
+    let denied = filters
+        .iter()
+        .filter_map(|f| f.strip_prefix('~'))
+        .flat_map(str::split_whitespace)
+        .collect::<Vec<_>>();
+    for call in ["@debug", "@privileged", "process_vm_writev"] {
+        assert!(denied.contains(&call), "{call} not denied: {filters:?}");
+    }
+    // What would hide sessions from the agent or run it without its capabilities.
+    for key in [
+        "PrivateTmp",
+        "ProtectProc",
+        "ProcSubset",
+        "PrivateUsers",
+        "DynamicUser",
+    ] {
+        assert!(
+            values(key).is_empty(),
+            "{key}= must not be set: {:?}",
+            values(key)
+        );
+    }
+
+    // systemd itself: the unit loads without a complaint, and its exposure stays as low as these
+    // settings make it (2.5 on systemd 252; a setting lost would raise it). The ExecStart path
+    // is pointed at an executable that exists, as install.sh --prefix does.
+    let scratch = Scratch::new("agent-unit");
+    let binary = scratch.join("nodegate-agent");
+    fs::copy("/bin/true", &binary).expect("copy /bin/true");
+    let unit = scratch.write(
+        "nodegate-agent.service",
+        text.replace(
+            "/usr/libexec/nodegate",
+            scratch.path().to_str().expect("a UTF-8 temp dir"),
+        ),
+    );
+    let verify = Checked::run(
+        Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&unit),
+    );
+    assert!(
+        verify.success() && verify.stderr.clone().trim().is_empty(),
+        "systemd-analyze verify: {}",
+        verify.stderr.clone()
+    );
+    let security = Checked::run(
+        Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--man=no", "--threshold=30"])
+            .arg(&unit),
+    );
+    assert!(
+        security.success(),
+        "systemd-analyze security: exposure above 3.0:\n{}",
+        security.stdout
     );
 }
 
@@ -531,6 +801,10 @@ fn ssh_login_through_the_installed_package() {
         "{} is not installed: run packaging/test-packages",
         command.display()
     );
+    let agent = installed_libexec().join("nodegate-agent");
+    let agent_meta = fs::metadata(&agent).expect("the package installed nodegate-agent");
+    assert_eq!(agent_meta.mode() & 0o7777, 0o755, "{}", agent.display());
+    assert_eq!(agent_meta.uid(), 0, "{}", agent.display());
     let dropin = fs::read_to_string("/etc/ssh/sshd_config.d/50-nodegate.conf")
         .expect("the package installed the sshd drop-in");
     assert!(
@@ -685,6 +959,41 @@ fn ssh_login_through_the_installed_package() {
         last.stderr.clone(),
         sshd.log_tail(30)
     );
+    // ExposeAuthInfo, from the package's own drop-in: the session is told which key logged in,
+    // which is what nodegate-agent reads to end only sessions of a grant.
+    let auth_info = Checked::run(
+        Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+            ])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                scratch.join("known_hosts").display()
+            ))
+            .arg("-i")
+            .arg(&key)
+            .args(["-p", &port.to_string(), "root@127.0.0.1"])
+            .arg("cat \"$SSH_USER_AUTH\""),
+    );
+    let key_blob = public.split_whitespace().nth(1).expect("a public key line");
+    assert!(
+        auth_info.success()
+            && auth_info
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("publickey ssh-ed25519 ") && l.contains(key_blob)),
+        "the session's SSH_USER_AUTH does not name its key (ExposeAuthInfo): {}\n{}",
+        auth_info.stdout,
+        auth_info.stderr.clone()
+    );
+
     let cache = fs::metadata("/var/lib/nodegate/grants-cache.sqlite").expect("cache written");
     assert_eq!(
         cache.uid(),
