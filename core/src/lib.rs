@@ -18,6 +18,7 @@ pub mod host_keys;
 pub mod key;
 pub mod node_grants;
 pub mod node_name;
+pub mod permissions;
 pub mod prefix;
 pub mod user;
 

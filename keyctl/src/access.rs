@@ -7,6 +7,18 @@
 use kube::Client;
 use nodegate_cluster_client::access::{self, Permission, Role};
 use nodegate_cluster_client::status;
+use nodegate_core::permissions::{GRANTS_RESOURCE, PERMISSION_GROUP, PRUNE_VERB, WRITE_VERB};
+
+/// Grants are annotations on Nodes: every change of them is a patch of the Node.
+pub const PATCH_NODES: Permission = Permission::cluster("patch", "", "nodes");
+/// nodegate's own permission to add, change and remove grants (`write grants.nodegate.dev`,
+/// per node with `resourceNames`), which the admission guard enforces: RBAC cannot narrow
+/// `patch nodes` to grant annotations, so this permission says who is meant to write them.
+pub const WRITE_GRANTS: Permission =
+    Permission::cluster(WRITE_VERB, PERMISSION_GROUP, GRANTS_RESOURCE);
+/// nodegate's own permission to remove grants only (`prune grants.nodegate.dev`): the janitor's.
+pub const PRUNE_GRANTS: Permission =
+    Permission::cluster(PRUNE_VERB, PERMISSION_GROUP, GRANTS_RESOURCE);
 
 /// The ClusterRole that lets a user grant and revoke (`packaging/rbac/keyctl-granter.yaml`).
 pub const GRANTER_ROLE: Role = Role {
@@ -17,6 +29,11 @@ pub const GRANTER_ROLE: Role = Role {
 pub const VIEWER_ROLE: Role = Role {
     name: "nodegate-keyctl-viewer",
     manifest: "keyctl-viewer.yaml",
+};
+/// The ClusterRole that lets a user run `keyctl audit` (`packaging/rbac/keyctl-auditor.yaml`).
+pub const AUDITOR_ROLE: Role = Role {
+    name: "nodegate-keyctl-auditor",
+    manifest: "keyctl-auditor.yaml",
 };
 
 /// Why an access check stopped a command.
@@ -55,6 +72,21 @@ fn describe_names(names: &[String]) -> String {
     }
 }
 
+/// `nodes`, `nodes/status`, `grants.nodegate.dev`: a resource as kubectl names it, with its
+/// group unless it is the core group.
+pub fn describe_resource(permission: &Permission) -> String {
+    let mut text = permission.resource.to_owned();
+    if let Some(sub) = permission.subresource {
+        text.push('/');
+        text.push_str(sub);
+    }
+    if !permission.group.is_empty() {
+        text.push('.');
+        text.push_str(permission.group);
+    }
+    text
+}
+
 /// Checks `permission` on every node in `names`: one cluster-wide question first, then, when
 /// that is refused (a role limited by `resourceNames`), one per node. Refuses with every node
 /// that is not allowed.
@@ -66,24 +98,55 @@ pub async fn require_on_nodes(
     role: Role,
     concurrency: usize,
 ) -> Result<(), AccessError> {
-    if access::allowed(client, permission).await? {
+    require_any_on_nodes(
+        client,
+        caller,
+        std::slice::from_ref(permission),
+        names,
+        role,
+        concurrency,
+    )
+    .await
+}
+
+/// Checks that on every node in `names` at least one of `alternatives` is allowed (e.g. `prune`
+/// or `write` grants), asking as [`require_on_nodes`] does, alternative by alternative, only
+/// about the nodes still refused. The refusal names the first alternative.
+pub async fn require_any_on_nodes(
+    client: &Client,
+    caller: &str,
+    alternatives: &[Permission],
+    names: &[String],
+    role: Role,
+    concurrency: usize,
+) -> Result<(), AccessError> {
+    let Some(first) = alternatives.first() else {
         return Ok(());
+    };
+    let mut refused: Vec<String> = names.to_vec();
+    for permission in alternatives {
+        if access::allowed(client, permission).await? {
+            return Ok(());
+        }
+        let per_node: Vec<Permission> = refused
+            .iter()
+            .map(|name| permission.clone().on(name))
+            .collect();
+        refused = access::refused(client, &per_node, concurrency)
+            .await?
+            .into_iter()
+            .filter_map(|p| p.name)
+            .collect();
+        if refused.is_empty() && !names.is_empty() {
+            return Ok(());
+        }
     }
-    let per_node: Vec<Permission> = names
-        .iter()
-        .map(|name| permission.clone().on(name))
-        .collect();
-    let refused = access::refused(client, &per_node, concurrency).await?;
-    if refused.is_empty() && !names.is_empty() {
-        return Ok(());
-    }
-    let mut denied: Vec<String> = refused.into_iter().filter_map(|p| p.name).collect();
-    denied.sort();
+    refused.sort();
     Err(AccessError::Denied {
         caller: caller.to_owned(),
-        verb: permission.verb.to_owned(),
-        resource: permission.resource.to_owned(),
-        names: denied,
+        verb: first.verb.to_owned(),
+        resource: describe_resource(first),
+        names: refused,
         role,
     })
 }
@@ -128,6 +191,30 @@ mod tests {
         assert!(text.contains("--clusterrole=nodegate-keyctl-granter --user=bob@example.com"));
         assert!(text.contains("clusterrolebinding nodegate-keyctl-granter-bob-example-com"));
         assert!(text.contains("packaging/rbac/keyctl-granter.yaml"));
+    }
+
+    #[test]
+    fn nodegate_permissions_are_named_with_their_group() {
+        assert_eq!(describe_resource(&WRITE_GRANTS), "grants.nodegate.dev");
+        assert_eq!(describe_resource(&PRUNE_GRANTS), "grants.nodegate.dev");
+        assert_eq!(describe_resource(&PATCH_NODES), "nodes");
+        assert_eq!(
+            describe_resource(&PATCH_NODES.clone().subresource("status")),
+            "nodes/status"
+        );
+        let error = AccessError::Denied {
+            caller: "bob".into(),
+            verb: WRITE_GRANTS.verb.into(),
+            resource: describe_resource(&WRITE_GRANTS),
+            names: vec!["node1".into()],
+            role: GRANTER_ROLE,
+        };
+        assert!(
+            error
+                .to_string()
+                .starts_with("bob may not write grants.nodegate.dev node1."),
+            "{error}"
+        );
     }
 
     #[test]

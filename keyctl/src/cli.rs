@@ -27,7 +27,8 @@ pub const EXIT_CODES: &str = "\
 Exit codes:
   0  everything asked for was done
   1  something failed; with several nodes, at least one node failed (each is reported)
-  2  the command line was not understood";
+  2  the command line was not understood
+  3  keyctl audit: someone beyond the granters can write grants";
 
 /// kubectl's connection flags, and the annotation prefix shared with every node.
 #[derive(Debug, Clone, Args)]
@@ -99,6 +100,20 @@ their host field exactly HOST; exit status 1 and nothing printed when it publish
     Proxy(crate::commands::proxy::ProxyArgs),
     /// List and delete helper pods that `keyctl proxy` left behind.
     Gc(crate::commands::proxy::GcArgs),
+    /// List everyone who can write grants (and so log in to nodes), from RBAC, and whether the
+    /// admission guard holds back those who are not granters.
+    #[command(
+        after_help = "Reads every ClusterRole and ClusterRoleBinding (the ClusterRole
+nodegate-keyctl-auditor, packaging/rbac/keyctl-auditor.yaml, allows it) and the guard's
+ValidatingAdmissionPolicy and binding (Kubernetes 1.30+).
+Exit status: 0 when nobody beyond the granters (and Kubernetes' own system identities,
+unless --strict) can write grants, or the guard holds them back; 3 when someone can; 1 when
+RBAC could not be read.
+Examples:
+  kubectl keyctl audit
+  kubectl keyctl audit -o json | jq '.subjects[] | select(.standing == \"beyond-the-granters\")'"
+    )]
+    Audit(AuditArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     #[command(hide = true)]
     Completions {
@@ -215,6 +230,19 @@ pub struct PruneArgs {
     /// Show what would be removed, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `keyctl audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Also count Kubernetes' own system identities (every node on its own Node, the
+    /// kube-controller-manager's controllers) as beyond the granters when the guard is not in
+    /// force: without the guard, they can write grants.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// `keyctl known-hosts`.

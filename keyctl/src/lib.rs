@@ -5,7 +5,8 @@
 //! comes before anything changes, with the role to ask for.
 //!
 //! Layout: [`cli`] is the command line; [`commands`] holds one module per subcommand;
-//! [`nodes`], [`fleet`], [`access`], [`events`], [`patch`] and [`keys`] are what they share.
+//! [`nodes`], [`fleet`], [`access`], [`events`], [`patch`] and [`keys`] are what they share;
+//! [`rbac`] evaluates RBAC objects for `keyctl audit`, without IO.
 //! Talking to the cluster (client, identity, access reviews, error rendering) is
 //! `nodegate-cluster-client`, shared with node-exec.
 
@@ -17,6 +18,7 @@ pub mod fleet;
 pub mod keys;
 pub mod nodes;
 pub mod patch;
+pub mod rbac;
 pub mod session;
 
 use std::io::Write as _;
@@ -45,6 +47,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::KnownHosts(args) => commands::known_hosts::run(&session().await?, args).await?,
         Command::Proxy(args) => commands::proxy::run_and_exit(&cli.connection, args).await,
         Command::Gc(args) => commands::proxy::gc(&session().await?, args).await?,
+        Command::Audit(args) => return commands::audit::run(&session().await?, args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,

@@ -23,11 +23,41 @@ use crate::events::{AuditTrail, GrantChange};
 use crate::nodes::{self, NodeMeta};
 use crate::session::Session;
 
+/// Stops the janitor at its start, with what to apply, when its ServiceAccount may not patch
+/// Nodes or remove grants on all of them (`prune` or `write grants.nodegate.dev`): under the
+/// admission guard, every removal would be refused otherwise, one warning at a time.
+async fn require_janitor_rights(session: &Session, caller: &str) -> anyhow::Result<()> {
+    use nodegate_cluster_client::access::allowed;
+    let needs: [&[nodegate_cluster_client::Permission]; 2] = [
+        &[crate::access::PATCH_NODES],
+        &[crate::access::PRUNE_GRANTS, crate::access::WRITE_GRANTS],
+    ];
+    for alternatives in needs {
+        let mut any = false;
+        for permission in alternatives {
+            if allowed(&session.client, permission).await? {
+                any = true;
+                break;
+            }
+        }
+        if !any {
+            let first = &alternatives[0];
+            anyhow::bail!(
+                "the janitor ({caller}) may not {} {} on all nodes.\nApply packaging/janitor.yaml: its ClusterRole nodegate-janitor grants patch nodes and prune grants.nodegate.dev, bound to the ServiceAccount nodegate-system/nodegate-janitor",
+                first.verb,
+                crate::access::describe_resource(first)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs until the watch cannot be resumed or a signal arrives; returns whether it ended cleanly.
 pub async fn run(session: &Session, args: &JanitorArgs) -> anyhow::Result<bool> {
     let api = session.nodes();
     let metadata_api: kube::Api<NodeMeta> = kube::Api::all(session.client.clone());
     let caller = session.caller().await;
+    require_janitor_rights(session, &caller).await?;
     let trail = AuditTrail::new(session.client.clone(), &caller, super::grant::hostname());
     // The server ends each watch before the client's read timeout (60 s) would, so a quiet
     // cluster does not look like a broken connection.

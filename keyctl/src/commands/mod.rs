@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod audit;
 pub mod grant;
 pub mod janitor;
 pub mod known_hosts;
@@ -14,17 +15,25 @@ use nodegate_core::Expiry;
 
 use nodegate_cluster_client::Permission;
 
-use crate::access::{self, GRANTER_ROLE};
+use crate::access::{self, GRANTER_ROLE, PATCH_NODES, PRUNE_GRANTS, WRITE_GRANTS};
 use crate::cli::NodeSelection;
 use crate::nodes::{self, NodeMeta, Resolved};
 use crate::session::Session;
 
-/// The permission every change to grants needs.
-const PATCH_NODES: Permission = Permission::cluster("patch", "", "nodes");
+/// What a change needs on each node: every entry, each satisfied by any of its alternatives.
+type Needs = [&'static [Permission]];
+
+/// Adding, changing or removing grants (`grant`, `revoke`, `ssh`): patching the Node, and
+/// nodegate's own `write grants`, which the admission guard enforces.
+const WRITE_NEEDS: &Needs = &[&[PATCH_NODES], &[WRITE_GRANTS]];
+
+/// Removing expired grants only (`prune`): `prune grants` is enough, and `write` covers it.
+const PRUNE_NEEDS: &Needs = &[&[PATCH_NODES], &[PRUNE_GRANTS, WRITE_GRANTS]];
 
 /// Finds the nodes a change works on, keeps those `keep` says need it, and makes sure the
-/// caller may patch every one of them, before anything is written. Named nodes are checked
-/// before they are even read, so that a limited role gets the access message, not a 403.
+/// caller may patch every one of them and write grants there, before anything is written.
+/// Named nodes are checked before they are even read, so that a limited role gets the access
+/// message, not a 403.
 pub async fn resolve_for_change(
     session: &Session,
     caller: &str,
@@ -32,19 +41,44 @@ pub async fn resolve_for_change(
     all_by_default: bool,
     keep: impl Fn(&NodeMeta) -> bool,
 ) -> anyhow::Result<Resolved> {
+    resolve_checked(session, caller, target, all_by_default, keep, WRITE_NEEDS).await
+}
+
+/// As [`resolve_for_change`], for removing expired grants only (`keyctl prune`), which the
+/// janitor's `prune grants` allows as well as a granter's `write grants`.
+pub async fn resolve_for_prune(
+    session: &Session,
+    caller: &str,
+    target: &NodeSelection,
+    keep: impl Fn(&NodeMeta) -> bool,
+) -> anyhow::Result<Resolved> {
+    resolve_checked(session, caller, target, true, keep, PRUNE_NEEDS).await
+}
+
+async fn resolve_checked(
+    session: &Session,
+    caller: &str,
+    target: &NodeSelection,
+    all_by_default: bool,
+    keep: impl Fn(&NodeMeta) -> bool,
+    needs: &Needs,
+) -> anyhow::Result<Resolved> {
     let check = |names: Vec<String>| async move {
         if names.is_empty() {
             return Ok(());
         }
-        access::require_on_nodes(
-            &session.client,
-            caller,
-            &PATCH_NODES,
-            &names,
-            GRANTER_ROLE,
-            session.concurrency,
-        )
-        .await
+        for alternatives in needs {
+            access::require_any_on_nodes(
+                &session.client,
+                caller,
+                alternatives,
+                &names,
+                GRANTER_ROLE,
+                session.concurrency,
+            )
+            .await?;
+        }
+        Ok::<(), access::AccessError>(())
     };
     check(target.nodes.clone()).await?;
     let mut resolved = nodes::resolve(

@@ -391,7 +391,7 @@ pub async fn prune(session: &Session, args: &PruneArgs) -> anyhow::Result<bool> 
     };
     let caller = session.caller().await;
     // Only nodes with something to remove need the permission, and the work.
-    let resolved = super::resolve_for_change(session, &caller, &args.target, true, |node| {
+    let resolved = super::resolve_for_prune(session, &caller, &args.target, |node| {
         !pick(node, &session.prefix, &choice).is_empty()
     })
     .await?;
