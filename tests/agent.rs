@@ -543,6 +543,64 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
     let _ = to.shutdown(Shutdown::Write);
 }
 
+#[test]
+fn the_gate_tells_the_agents_connections_from_others_and_cuts_off_only_the_agent() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::Stdio;
+    // An echo server stands in for the API server.
+    let echo = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let target = echo.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for stream in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().expect("clone");
+                let _ = std::io::copy(&mut &stream, &mut writer);
+            });
+        }
+    });
+    let gate = Gate::start(target);
+    // The "agent": a shell that connects when told to, holds the connection until it ends,
+    // then tries a new one.
+    let script = format!(
+        "read -r go; exec 3<>/dev/tcp/127.0.0.1/{port}; echo ping >&3; read -r l <&3; echo \"got $l\"; \
+         cat <&3 >/dev/null; echo closed; exec 4<>/dev/tcp/127.0.0.1/{port}; echo again >&4; \
+         if read -r -t 5 l <&4; then echo \"answered $l\"; else echo \"no answer\"; fi",
+        port = gate.address.port()
+    );
+    let mut child = Command::new("bash")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run bash");
+    gate.set_agent(child.id());
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let child = KillOnDrop::new(child);
+    writeln!(stdin, "go").expect("tell the shell to connect");
+    assert_eq!(lines.next().expect("a line").expect("read"), "got ping");
+    let mut other = TcpStream::connect(gate.address).expect("connect");
+    let round_trip = |stream: &mut TcpStream| {
+        stream.write_all(b"hi\n").expect("write");
+        let mut answer = [0u8; 3];
+        stream.read_exact(&mut answer).expect("read");
+        answer
+    };
+    assert_eq!(&round_trip(&mut other), b"hi\n");
+    assert_eq!(gate.state.agent_connections.load(Ordering::SeqCst), 1);
+    assert_eq!(gate.other_connections(), 1);
+
+    gate.cut_off_agent();
+    assert_eq!(lines.next().expect("a line").expect("read"), "closed");
+    assert_eq!(lines.next().expect("a line").expect("read"), "no answer");
+    assert_eq!(&round_trip(&mut other), b"hi\n", "others still get through");
+    let mut another = TcpStream::connect(gate.address).expect("connect");
+    assert_eq!(&round_trip(&mut another), b"hi\n", "new ones too");
+    assert_eq!(gate.other_connections(), 2);
+    assert_eq!(gate.state.agent_connections.load(Ordering::SeqCst), 1);
+    drop(child);
+}
+
 /// Whether `text` states a duration: a number with a unit (`3s`, `1m3s`, `2.5 s`, `4 seconds`)
 /// or a clock-style `0:00:03`.
 fn states_a_duration(text: &str) -> bool {
@@ -1034,12 +1092,13 @@ fn while_the_agent_runs_logins_ask_no_api_and_a_revoke_refuses_the_next_login_an
     let cluster = Cluster::shared();
     let dir = Scratch::new("agent-logins-gate");
     let (gate, kubeconfig) = Gate::for_node(cluster, "agent-logins", dir.path());
-    // A short freshness: without the agent, logins over several windows would ask the API.
+    // A short freshness: without the agent, logins over several windows would ask the API (the
+    // agent confirms its watch every second).
     let mut node = AgentNode::new(
         cluster,
         "agent-logins",
         Some(kubeconfig),
-        "freshness = \"2s\"",
+        "freshness = \"3s\"",
         QUICK,
     );
     let key = node.key("logins");
@@ -1051,7 +1110,7 @@ fn while_the_agent_runs_logins_ask_no_api_and_a_revoke_refuses_the_next_login_an
     // The agent attributed a session: its watch is live.
     let _session = node.session(&key, "sess-logins");
     node.wait_attributed(&grant);
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(3500));
 
     let before = gate.other_connections();
     let logins = 10;
@@ -1088,7 +1147,7 @@ fn while_the_agent_runs_logins_ask_no_api_and_a_revoke_refuses_the_next_login_an
 
     // The agent stopped: logins ask the API again, and a revoke works as it always did.
     node.stop_agent();
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(3500));
     let before = gate.other_connections();
     assert_eq!(node.login(&other_key), Login::Succeeded, "{}", node.logs());
     let asked = gate.other_connections() - before;
