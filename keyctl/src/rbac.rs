@@ -351,11 +351,8 @@ impl Who {
             "system:authenticated" => Some("every authenticated user".to_owned()),
             "system:unauthenticated" => Some("every anonymous request".to_owned()),
             "system:serviceaccounts" => Some("every ServiceAccount".to_owned()),
-            MASTERS_GROUP => Some(
-                "superusers: the API server allows this group everything before RBAC is asked"
-                    .to_owned(),
-            ),
-            NODES_GROUP => Some("every node's own identity (system:node:NAME)".to_owned()),
+            MASTERS_GROUP => Some("superusers, allowed everything before RBAC".to_owned()),
+            NODES_GROUP => Some("every node, as system:node:NAME".to_owned()),
             _ => name
                 .strip_prefix("system:serviceaccounts:")
                 .map(|ns| format!("every ServiceAccount in namespace {ns}")),
@@ -483,7 +480,7 @@ impl Standing {
 /// not another subject added to such a binding, not another namespace's ServiceAccount.
 pub fn expected_system_identity(who: &Who, through: &Through) -> Option<&'static str> {
     match (who, through) {
-        (_, Through::NodeAuthorizer) => Some("the Node authorizer: each node its own Node"),
+        (_, Through::NodeAuthorizer) => Some("each node on its own Node"),
         (Who::User { name }, _) if name == CONTROLLER_MANAGER_USER => {
             Some("kube-controller-manager")
         }
@@ -492,7 +489,7 @@ pub fn expected_system_identity(who: &Who, through: &Through) -> Option<&'static
                 && binding.strip_prefix(CONTROLLER_PREFIX) == Some(name.as_str())
                 && role == binding =>
         {
-            Some("a kube-controller-manager controller (bootstrap binding)")
+            Some("kube-controller-manager controller")
         }
         _ => None,
     }

@@ -364,9 +364,6 @@ fn advise(
     strict: bool,
 ) -> Vec<String> {
     let mut advice = Vec::new();
-    let install = format!(
-        "install the admission guard (Kubernetes {GUARD_MIN_VERSION} or later: kubectl apply -f packaging/admission/nodegate-grant-guard.yaml; docs/admission-guard.md), which refuses grant changes by anyone who is not a granter"
-    );
     if !beyond.is_empty() {
         advice.push(format!(
             "{} subject(s) beyond the granters can write grants, and so log in to nodes as root: {}.",
@@ -374,7 +371,7 @@ fn advise(
             beyond.join(", ")
         ));
         advice.push(format!(
-            "For each: if it is meant to grant, give it write grants.nodegate.dev for those nodes (bind the ClusterRole {}, packaging/rbac/{}); if not, take away its node write access (the binding shown); and {install}.",
+            "For each: if it is meant to grant, give it write grants.nodegate.dev on those nodes (bind the ClusterRole {}, packaging/rbac/{}); if not, take away its node write access (the binding shown).",
             GRANTER_ROLE.name, GRANTER_ROLE.manifest
         ));
     }
@@ -383,25 +380,36 @@ fn advise(
         .filter(|s| s.standing == Standing::System)
         .collect();
     if !guard.in_force && !system.is_empty() && !strict {
+        let nodes = Who::Group {
+            name: rbac::NODES_GROUP.to_owned(),
+        };
+        let controllers = system.iter().filter(|s| s.who != nodes).count();
         advice.push(format!(
-            "Without the guard, Kubernetes' own identities can write grants too: every node on its own Node (the Node authorizer), and {} controller identity(ies). They are listed as system identities and do not change the exit status (--strict counts them); only the guard holds them back: {install}.",
-            system
-                .iter()
-                .filter(|s| s.who
-                    != Who::Group {
-                        name: rbac::NODES_GROUP.to_owned()
-                    })
-                .count()
+            "Without the guard, Kubernetes' own identities can write grants too: every node on its own Node (the Node authorizer), and {controllers} controller identity(ies). They are listed as system identities and do not change the exit status (--strict counts them)."
         ));
     }
-    if guard.in_force {
-        let held = subjects
-            .iter()
-            .filter(|s| s.standing == Standing::HeldBack)
-            .count();
-        advice.push(format!(
-            "The guard is in force: {held} subject(s) that can write Nodes are held back from changing grants (holders of prune grants.nodegate.dev may remove them only)."
-        ));
+    let apply =
+        "kubectl apply -f packaging/admission/nodegate-grant-guard.yaml; docs/admission-guard.md";
+    match guard.state {
+        GuardState::InForce => {
+            let held = subjects
+                .iter()
+                .filter(|s| s.standing == Standing::HeldBack)
+                .count();
+            advice.push(format!(
+                "The guard is in force: {held} subject(s) that can write Nodes are held back from changing grants (holders of prune grants.nodegate.dev may remove them only)."
+            ));
+        }
+        GuardState::NotAvailable => advice.push(format!(
+            "Only the admission guard holds back who is not a granter: upgrade the cluster to Kubernetes {GUARD_MIN_VERSION} or later and install it ({apply})."
+        )),
+        GuardState::NotInstalled | GuardState::NotBound => advice.push(format!(
+            "Only the admission guard holds back who is not a granter: install it as shipped ({apply})."
+        )),
+        GuardState::Unreadable => advice.push(format!(
+            "Whether the admission guard holds anyone back is unknown: run keyctl audit with the ClusterRole {} (packaging/rbac/{}).",
+            AUDITOR_ROLE.name, AUDITOR_ROLE.manifest
+        )),
     }
     advice
 }
@@ -443,6 +451,7 @@ fn print_report(audit: &Audit) {
             }
             if let Some(why) = write.system_identity
                 && write.standing == Standing::System
+                && write.through != Through::NodeAuthorizer
             {
                 standing.push_str(&format!("\n({why})"));
             }
