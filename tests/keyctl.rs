@@ -1578,3 +1578,117 @@ fn concurrent_revokes_on_one_node_all_succeed() {
     }
     assert!(prefixed(node).is_empty(), "{:?}", prefixed(node));
 }
+
+#[test]
+fn patching_nodes_is_not_enough_to_grant_and_pruning_is_only_pruning() {
+    let cluster = cluster();
+    let node = "kc-perm";
+    cluster.create_node(node);
+    // Node write access alone (what many controllers hold), and the janitor's rights.
+    cluster.apply(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: kc-patch-only}
+rules:
+- {apiGroups: [""], resources: [nodes], verbs: [get, list, patch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: kc-pruner}
+rules:
+- {apiGroups: [""], resources: [nodes], verbs: [get, list, patch]}
+- {apiGroups: [nodegate.dev], resources: [grants], verbs: [prune]}
+- {apiGroups: [events.k8s.io], resources: [events], verbs: [create]}
+"#,
+    );
+    cluster.bind_cluster_role("kc-perm-pat", "kc-patch-only", "pat");
+    cluster.bind_cluster_role("kc-perm-prue", "kc-pruner", "prue");
+    let ws = Workstation::new("kc-perm");
+    let admin = cluster.admin_kubeconfig();
+    let expired = ws.keygen("expired");
+    let valid = ws.keygen("valid");
+    for (key, expires) in [(&expired, "2s"), (&valid, "2h")] {
+        ws.keyctl(
+            admin,
+            &[
+                "grant",
+                node,
+                "--expires",
+                expires,
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        )
+        .ok();
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let before = cluster.node_annotations(node);
+    let newcomer = ws.keygen("newcomer");
+    let grant_args = [
+        "grant",
+        node,
+        "--expires",
+        "1h",
+        "--key",
+        newcomer.to_str().unwrap(),
+    ];
+
+    // May patch the Node, and so could write a grant annotation by hand; keyctl asks for
+    // nodegate's own permission first, as the admission guard does.
+    let pat = kubeconfig("pat");
+    let out = ws.keyctl(&pat, &grant_args);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("pat may not write grants.nodegate.dev {node}.")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("--clusterrole=nodegate-keyctl-granter --user=pat"),
+        "{}",
+        out.stderr
+    );
+    let out = ws.keyctl(&pat, &["prune", node]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("pat may not prune grants.nodegate.dev {node}.")),
+        "{}",
+        out.stderr
+    );
+
+    // prune grants.nodegate.dev: prune, and nothing else.
+    let prue = kubeconfig("prue");
+    let out = ws.keyctl(&prue, &grant_args);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("prue may not write grants.nodegate.dev {node}.")),
+        "{}",
+        out.stderr
+    );
+    let out = ws.keyctl(&prue, &["revoke", node, "--all"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("prue may not write grants.nodegate.dev"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(cluster.node_annotations(node), before, "nothing changed");
+
+    let out = ws.keyctl(&prue, &["prune", node]);
+    assert!(
+        out.ok()
+            .to_owned()
+            .contains(&format!("removed {}", fingerprint(&expired))),
+        "{}",
+        out.stdout
+    );
+    let left = grants_on(node).valid;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].key.fingerprint().to_string(), fingerprint(&valid));
+}
