@@ -48,12 +48,14 @@ pub const MAX_MESSAGE_EXPRESSION_BYTES: usize = 5 * 1024;
 pub enum Error {
     /// The file is not YAML.
     #[error("{0}: not YAML: {1}")]
-    Yaml(String, serde_saphyr::Error),
+    Yaml(String, String),
     /// A field has the wrong shape or is missing.
     #[error("{0}")]
     Shape(String),
     /// A field this emulation does not evaluate, which the guard must not rely on unchecked.
-    #[error("{0} is not emulated by these tests: evaluate it on a real kube-apiserver, or extend the emulation")]
+    #[error(
+        "{0} is not emulated by these tests: evaluate it on a real kube-apiserver, or extend the emulation"
+    )]
     NotEmulated(String),
     /// An expression does not parse.
     #[error("{field}: does not compile: {error}")]
@@ -74,7 +76,8 @@ pub fn read_documents(path: &std::path::Path) -> Result<Vec<Json>, Error> {
 
 /// Parses every YAML document of `text` as JSON values; `origin` names it in errors.
 pub fn parse_documents(origin: &str, text: &str) -> Result<Vec<Json>, Error> {
-    serde_saphyr::from_multiple::<Json>(text).map_err(|e| Error::Yaml(origin.to_owned(), e))
+    serde_saphyr::from_multiple::<Json>(text)
+        .map_err(|e| Error::Yaml(origin.to_owned(), e.to_string()))
 }
 
 /// What kube-apiserver does with an expression that fails, or a match condition that does.
@@ -160,8 +163,7 @@ impl Request {
             user.insert("groups".into(), Json::from(self.user.groups.clone()));
         }
         let kind = serde_json::json!({"group": "", "version": "v1", "kind": self.kind});
-        let resource =
-            serde_json::json!({"group": "", "version": "v1", "resource": self.resource});
+        let resource = serde_json::json!({"group": "", "version": "v1", "resource": self.resource});
         let mut request = serde_json::json!({
             "uid": "00000000-0000-0000-0000-000000000000",
             "kind": kind,
@@ -281,7 +283,7 @@ impl Authorizer for RbacTable {
                 && covers(&rule.resources, &resource)
                 && covers(&rule.verbs, &a.verb)
                 && (rule.resource_names.is_empty()
-                    || (!a.name.is_empty() && rule.resource_names.iter().any(|n| *n == a.name)))
+                    || (!a.name.is_empty() && rule.resource_names.contains(&a.name)))
         })
     }
 }
@@ -383,15 +385,15 @@ fn only_keys(value: &Json, path: &str, known: &[&str]) -> Result<(), Error> {
     } else {
         field(value, path)
     };
-    if let Some(Json::Object(map)) = object {
-        if let Some(key) = map.keys().find(|k| !known.contains(&k.as_str())) {
-            let at = if path.is_empty() {
-                key.clone()
-            } else {
-                format!("{path}.{key}")
-            };
-            return Err(Error::NotEmulated(at));
-        }
+    if let Some(Json::Object(map)) = object
+        && let Some(key) = map.keys().find(|k| !known.contains(&k.as_str()))
+    {
+        let at = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        return Err(Error::NotEmulated(at));
     }
     Ok(())
 }
@@ -492,7 +494,13 @@ impl Guard {
             only_keys(
                 rule,
                 "",
-                &["apiGroups", "apiVersions", "operations", "resources", "scope"],
+                &[
+                    "apiGroups",
+                    "apiVersions",
+                    "operations",
+                    "resources",
+                    "scope",
+                ],
             )
             .map_err(|e| shape(format!("{at}: {e}")))?;
             if rule.get("resourceNames").is_some() {
@@ -511,11 +519,10 @@ impl Guard {
 
         let env = Arc::new(Env::stdlib());
         let compile = |field: String, source: String| -> Result<Program, Error> {
-            env.compile(&source)
-                .map_err(|e| Error::Compile {
-                    field,
-                    error: e.to_string(),
-                })
+            env.compile(&source).map_err(|e| Error::Compile {
+                field,
+                error: e.to_string(),
+            })
         };
         let named_list = |path: &str| -> Result<Vec<Named>, Error> {
             items(policy, path)?
@@ -576,7 +583,9 @@ impl Guard {
         let mut probe = Context::with_env(env.clone());
         for (name, function) in AUTHZ_FUNCTIONS {
             function.register(&mut probe, name).map_err(|e| {
-                shape(format!("the authorizer library's {name} cannot be bound: {e}"))
+                shape(format!(
+                    "the authorizer library's {name} cannot be bound: {e}"
+                ))
             })?;
         }
         Ok(Self {
@@ -624,7 +633,10 @@ impl Guard {
                 }
                 Err(error) => {
                     failed.get_or_insert_with(|| {
-                        format!("failed to evaluate match condition {}: {error}", condition.name)
+                        format!(
+                            "failed to evaluate match condition {}: {error}",
+                            condition.name
+                        )
                     });
                 }
             }
@@ -702,21 +714,17 @@ impl Guard {
     ) -> String {
         if let Some(expression) = &validation.message_expression {
             let context = self.context(inputs, None, Some(variables));
-            if let Ok(Value::String(text)) = expression.program.execute(&context) {
-                if !text.trim().is_empty()
-                    && !text.contains(['\n', '\r'])
-                    && text.len() <= MAX_MESSAGE_EXPRESSION_BYTES
-                {
-                    return text.to_string();
-                }
+            if let Ok(Value::String(text)) = expression.program.execute(&context)
+                && !text.trim().is_empty()
+                && !text.contains(['\n', '\r'])
+                && text.len() <= MAX_MESSAGE_EXPRESSION_BYTES
+            {
+                return text.to_string();
             }
         }
         match &validation.message {
             Some(message) => message.clone(),
-            None => format!(
-                "failed expression: {}",
-                validation.expression.source.trim()
-            ),
+            None => format!("failed expression: {}", validation.expression.source.trim()),
         }
     }
 
@@ -888,7 +896,10 @@ impl Opaque for Decision {
 
 type Receiver = This<Arc<dyn Opaque>>;
 
-fn receiver<'a, T: 'static>(this: &'a Arc<dyn Opaque>, function: &str) -> Result<&'a T, ExecutionError> {
+fn receiver<'a, T: 'static>(
+    this: &'a Arc<dyn Opaque>,
+    function: &str,
+) -> Result<&'a T, ExecutionError> {
     this.downcast_ref::<T>().ok_or_else(|| {
         ExecutionError::function_error(
             function,
@@ -990,7 +1001,11 @@ enum AuthzFn {
 }
 
 impl AuthzFn {
-    fn register(self, context: &mut Context<'static, 'static>, name: &str) -> Result<(), cel::DeclarationError> {
+    fn register(
+        self,
+        context: &mut Context<'static, 'static>,
+        name: &str,
+    ) -> Result<(), cel::DeclarationError> {
         match self {
             AuthzFn::WithArgument(f) => context.add_function(name, f),
             AuthzFn::Plain(f) => context.add_function(name, f),
@@ -1050,4 +1065,254 @@ pub fn cluster_role<'a>(documents: &'a [Json], name: &str) -> Result<&'a Json, E
                 && field(d, "metadata.name").and_then(Json::as_str) == Some(name)
         })
         .ok_or_else(|| shape(format!("no ClusterRole {name}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A policy on nodes with these spec parts, and a binding with `actions`.
+    fn guard(spec: &str, actions: &str) -> Result<Guard, Error> {
+        let text = format!(
+            r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: p}}
+spec:
+  matchConstraints:
+    resourceRules:
+      - {{apiGroups: [""], apiVersions: ["v1"], operations: ["UPDATE"], resources: ["nodes"]}}
+{spec}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: b}}
+spec: {{policyName: p, validationActions: {actions}}}
+"#
+        );
+        Guard::from_manifests(&parse_documents("test", &text)?)
+    }
+
+    fn request() -> Request {
+        let node = serde_json::json!({"metadata": {"name": "n1", "labels": {"a": "b"}}});
+        Request {
+            operation: Operation::Update,
+            resource: "nodes".into(),
+            subresource: String::new(),
+            kind: "Node".into(),
+            name: "n1".into(),
+            user: UserInfo::new("alice", &["devs"]),
+            object: Some(node.clone()),
+            old_object: Some(node),
+        }
+    }
+
+    fn nobody() -> Arc<dyn Authorizer> {
+        Arc::new(RbacTable::new(
+            &UserInfo::new("alice", &["devs"]),
+            Vec::new(),
+        ))
+    }
+
+    fn denial(outcome: Outcome) -> String {
+        match outcome {
+            Outcome::Denied { message, .. } => message,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_expression_error_refuses_under_fail_and_is_skipped_under_ignore() {
+        let validations = "  validations:\n    - expression: \"object.metadata.missing == 'x'\"";
+        let fail = guard(&format!("  failurePolicy: Fail\n{validations}"), "[Deny]").unwrap();
+        let message = denial(fail.admit(&request(), nobody()));
+        assert!(
+            message.contains("expression 'object.metadata.missing == 'x'' resulted in error"),
+            "{message}"
+        );
+        let ignore = guard(&format!("  failurePolicy: Ignore\n{validations}"), "[Deny]").unwrap();
+        assert_eq!(ignore.admit(&request(), nobody()), Outcome::Admitted);
+    }
+
+    #[test]
+    fn a_false_match_condition_skips_even_when_another_fails() {
+        let spec = "  matchConditions:\n    - {name: broken, expression: \"object.nope\"}\n    - {name: never, expression: \"false\"}\n  validations:\n    - expression: \"false\"";
+        assert_eq!(
+            guard(spec, "[Deny]").unwrap().admit(&request(), nobody()),
+            Outcome::Skipped
+        );
+        let spec = "  matchConditions:\n    - {name: broken, expression: \"object.nope\"}\n  validations:\n    - expression: \"true\"";
+        let message = denial(guard(spec, "[Deny]").unwrap().admit(&request(), nobody()));
+        assert!(
+            message.contains("failed to evaluate match condition broken"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn match_conditions_do_not_see_variables() {
+        let spec = "  matchConditions:\n    - {name: uses-variables, expression: \"variables.always\"}\n  variables:\n    - {name: always, expression: \"true\"}\n  validations:\n    - expression: \"false\"";
+        let message = denial(guard(spec, "[Deny]").unwrap().admit(&request(), nobody()));
+        assert!(
+            message.contains("match condition uses-variables"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn message_expressions_fall_back_to_the_message() {
+        let cases = [
+            // A single line: used.
+            ("'denied for ' + object.metadata.name", "denied for n1"),
+            // A line break, an error, a blank, a non-string: the static message.
+            ("'two\\nlines'", "static"),
+            ("object.metadata.nope", "static"),
+            ("'  '", "static"),
+            ("42", "static"),
+            // No authorizer in message expressions, nor in the variables they read.
+            (
+                "authorizer.group('').resource('nodes').check('get').allowed() ? 'a' : 'b'",
+                "static",
+            ),
+            ("variables.authz ? 'a' : 'b'", "static"),
+            ("variables.name", "n1"),
+        ];
+        for (expression, expected) in cases {
+            let spec = format!(
+                "  variables:\n    - {{name: name, expression: \"object.metadata.name\"}}\n    - {{name: authz, expression: \"authorizer.group('').resource('nodes').check('get').allowed()\"}}\n  validations:\n    - expression: \"false\"\n      message: static\n      messageExpression: {}",
+                serde_json::to_string(expression).unwrap()
+            );
+            let message = denial(guard(&spec, "[Deny]").unwrap().admit(&request(), nobody()));
+            assert_eq!(
+                message,
+                format!(
+                    "ValidatingAdmissionPolicy 'p' with binding 'b' denied request: {expected}"
+                ),
+                "{expression}"
+            );
+        }
+        let spec = "  validations:\n    - expression: \"1 == 2\"";
+        let message = denial(guard(spec, "[Deny]").unwrap().admit(&request(), nobody()));
+        assert!(
+            message.ends_with("denied request: failed expression: 1 == 2"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_first_failing_validation_gives_the_refusal() {
+        let spec = "  validations:\n    - {expression: \"true\", message: one}\n    - {expression: \"false\", message: two, reason: Forbidden}\n    - {expression: \"false\", message: three}";
+        let outcome = guard(spec, "[Deny]").unwrap().admit(&request(), nobody());
+        assert_eq!(
+            outcome,
+            Outcome::Denied {
+                message: "ValidatingAdmissionPolicy 'p' with binding 'b' denied request: two"
+                    .into(),
+                reason: "Forbidden".into(),
+                validation: Some(1),
+            }
+        );
+    }
+
+    #[test]
+    fn variables_see_earlier_variables_only() {
+        let spec = "  variables:\n    - {name: a, expression: \"variables.b\"}\n    - {name: b, expression: \"1\"}\n    - {name: c, expression: \"variables.b + 1\"}\n  validations:\n    - {expression: \"variables.c == 2\", message: c}\n    - {expression: \"variables.a == 1\", message: a}";
+        let message = denial(guard(spec, "[Deny]").unwrap().admit(&request(), nobody()));
+        assert!(
+            message.contains("expression 'variables.a == 1' resulted in error"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn warn_and_audit_do_not_refuse() {
+        let spec = "  validations:\n    - expression: \"false\"";
+        assert_eq!(
+            guard(spec, "[Warn, Audit]")
+                .unwrap()
+                .admit(&request(), nobody()),
+            Outcome::Admitted
+        );
+        assert!(matches!(
+            guard(spec, "[Deny, Audit]")
+                .unwrap()
+                .admit(&request(), nobody()),
+            Outcome::Denied { .. }
+        ));
+    }
+
+    #[test]
+    fn rules_match_by_operation_resource_and_subresource() {
+        let spec = "  validations:\n    - expression: \"false\"";
+        let g = guard(spec, "[Deny]").unwrap();
+        let mut r = request();
+        r.subresource = "status".into();
+        assert_eq!(g.admit(&r, nobody()), Outcome::NotMatched);
+        let mut r = request();
+        r.operation = Operation::Create;
+        assert_eq!(g.admit(&r, nobody()), Outcome::NotMatched);
+        assert!(matches!(
+            g.admit(&request(), nobody()),
+            Outcome::Denied { .. }
+        ));
+    }
+
+    #[test]
+    fn the_authorizer_library_asks_what_the_expression_says() {
+        let user = UserInfo::new("alice", &["devs"]);
+        let table = Arc::new(RbacTable::new(
+            &user,
+            vec![Rule {
+                subject: Subject::Group("devs".into()),
+                api_groups: vec!["apps".into()],
+                resources: vec!["deployments/scale".into()],
+                verbs: vec!["update".into()],
+                resource_names: vec!["web".into()],
+            }],
+        ));
+        let spec = "  validations:\n    - expression: \"authorizer.group('apps').resource('deployments').subresource('scale').namespace('shop').name('web').check('update').allowed()\"\n    - expression: \"!authorizer.group('apps').resource('deployments').subresource('scale').namespace('shop').name('db').check('update').allowed()\"\n    - expression: \"!authorizer.group('apps').resource('deployments').check('update').allowed()\"";
+        let g = guard(spec, "[Deny]").unwrap();
+        assert_eq!(g.admit(&request(), table.clone()), Outcome::Admitted);
+        let checks = table.checks();
+        assert_eq!(checks.len(), 3);
+        assert_eq!(
+            checks[0],
+            ResourceAttributes {
+                group: "apps".into(),
+                resource: "deployments".into(),
+                subresource: "scale".into(),
+                namespace: "shop".into(),
+                name: "web".into(),
+                verb: "update".into(),
+            }
+        );
+        // Functions on the wrong value are errors, as type checking would refuse them.
+        let spec = "  validations:\n    - expression: \"authorizer.resource('nodes').check('get').allowed()\"";
+        let message = denial(guard(spec, "[Deny]").unwrap().admit(&request(), nobody()));
+        assert!(message.contains("resulted in error"), "{message}");
+    }
+
+    #[test]
+    fn what_is_not_emulated_is_refused() {
+        for spec in [
+            "  paramKind: {apiVersion: v1, kind: ConfigMap}\n  validations:\n    - expression: \"true\"",
+            "  auditAnnotations:\n    - {key: k, valueExpression: \"'v'\"}\n  validations:\n    - expression: \"true\"",
+        ] {
+            assert!(
+                matches!(guard(spec, "[Deny]"), Err(Error::NotEmulated(_))),
+                "{spec}"
+            );
+        }
+        assert!(matches!(
+            guard(
+                "  validations:\n    - expression: \"true\"",
+                "[Deny, Block]"
+            ),
+            Err(Error::Shape(_))
+        ));
+        assert!(matches!(
+            guard("  validations:\n    - expression: \"(\"", "[Deny]"),
+            Err(Error::Compile { .. })
+        ));
+    }
 }

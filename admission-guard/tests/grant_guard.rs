@@ -16,8 +16,10 @@ const GRANT_ADMIN: &str = "ssh.nodegate.dev/g.admin.0123456789abcdef";
 const GRANT_VALUE: &str = r#"login="root",expiry-time="20261122154510Z",granted-by="alice",granted-at="20261122134510Z" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti"#;
 const GRANT_VALUE_LATER: &str = r#"login="root",expiry-time="20261123154510Z",granted-by="alice",granted-at="20261122134510Z" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti"#;
 const HOST_KEY: &str = "host-keys.nodegate.dev/ssh-ed25519";
-const HOST_KEY_VALUE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGX2cwT2bwasOqqlU24KxZh5AlTTnycKleDPFCWaJ3k4";
-const HOST_KEY_OTHER: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti";
+const HOST_KEY_VALUE: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGX2cwT2bwasOqqlU24KxZh5AlTTnycKleDPFCWaJ3k4";
+const HOST_KEY_OTHER: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti";
 const TTL: &str = "node.alpha.kubernetes.io/ttl";
 
 fn repository() -> PathBuf {
@@ -118,7 +120,12 @@ fn outsider() -> Identity {
 fn cluster_admin() -> Identity {
     Identity {
         user: UserInfo::new("root-admin", &["system:masters", "system:authenticated"]),
-        rules: vec![rule(Subject::Group("system:masters".into()), "*", "*", &["*"])],
+        rules: vec![rule(
+            Subject::Group("system:masters".into()),
+            "*",
+            "*",
+            &["*"],
+        )],
     }
 }
 
@@ -207,7 +214,14 @@ fn update(
     old: &[(&str, &str)],
     new: &[(&str, &str)],
 ) -> Evaluated {
-    evaluate(who, Operation::Update, subresource, name, Some(old), Some(new))
+    evaluate(
+        who,
+        Operation::Update,
+        subresource,
+        name,
+        Some(old),
+        Some(new),
+    )
 }
 
 fn create(who: &Identity, name: &str, annotations: &[(&str, &str)]) -> Evaluated {
@@ -254,7 +268,13 @@ fn assert_untouched(evaluated: &Evaluated) {
 fn a_granter_adds_changes_and_removes_grants_through_nodes_and_nodes_status() {
     for sub in ["", "status"] {
         let who = granter();
-        assert_admitted(&update(&who, sub, "node1", &[], &[(GRANT_ROOT, GRANT_VALUE)]));
+        assert_admitted(&update(
+            &who,
+            sub,
+            "node1",
+            &[],
+            &[(GRANT_ROOT, GRANT_VALUE)],
+        ));
         assert_admitted(&update(
             &who,
             sub,
@@ -291,8 +311,20 @@ fn the_granter_check_is_per_node_and_names_the_node() {
 #[test]
 fn a_per_node_granter_writes_grants_on_its_nodes_only() {
     let who = gpu_pool_granter();
-    assert_admitted(&update(&who, "", "gpu-node-1", &[], &[(GRANT_ROOT, GRANT_VALUE)]));
-    assert_admitted(&update(&who, "", "gpu-node-2", &[(GRANT_ROOT, GRANT_VALUE)], &[]));
+    assert_admitted(&update(
+        &who,
+        "",
+        "gpu-node-1",
+        &[],
+        &[(GRANT_ROOT, GRANT_VALUE)],
+    ));
+    assert_admitted(&update(
+        &who,
+        "",
+        "gpu-node-2",
+        &[(GRANT_ROOT, GRANT_VALUE)],
+        &[],
+    ));
     assert_denied(
         &update(&who, "", "node1", &[], &[(GRANT_ROOT, GRANT_VALUE)]),
         &[
@@ -339,7 +371,11 @@ fn the_janitor_removes_grants() {
             &janitor(),
             sub,
             "node1",
-            &[(GRANT_ROOT, GRANT_VALUE), (GRANT_ADMIN, GRANT_VALUE), (TTL, "0")],
+            &[
+                (GRANT_ROOT, GRANT_VALUE),
+                (GRANT_ADMIN, GRANT_VALUE),
+                (TTL, "0"),
+            ],
             &[(GRANT_ADMIN, GRANT_VALUE), (TTL, "0")],
         ));
     }
@@ -364,7 +400,10 @@ fn the_janitor_may_not_add_or_change_grants() {
             &[(GRANT_ROOT, GRANT_VALUE)],
             &[(GRANT_ROOT, GRANT_VALUE_LATER)],
         ),
-        &["may not add or change the grant", "write on grants.nodegate.dev"],
+        &[
+            "may not add or change the grant",
+            "write on grants.nodegate.dev",
+        ],
     );
     // Removing one and adding another in the same request is an addition.
     assert_denied(
@@ -385,7 +424,13 @@ fn the_janitor_may_not_add_or_change_grants() {
 fn a_node_writes_its_own_host_keys() {
     let who = kubelet("node1");
     for sub in ["", "status"] {
-        assert_admitted(&update(&who, sub, "node1", &[(TTL, "0")], &[(TTL, "0"), (HOST_KEY, HOST_KEY_VALUE)]));
+        assert_admitted(&update(
+            &who,
+            sub,
+            "node1",
+            &[(TTL, "0")],
+            &[(TTL, "0"), (HOST_KEY, HOST_KEY_VALUE)],
+        ));
         assert_admitted(&update(
             &who,
             sub,
@@ -393,7 +438,13 @@ fn a_node_writes_its_own_host_keys() {
             &[(HOST_KEY, HOST_KEY_VALUE)],
             &[(HOST_KEY, HOST_KEY_OTHER)],
         ));
-        assert_admitted(&update(&who, sub, "node1", &[(HOST_KEY, HOST_KEY_VALUE)], &[]));
+        assert_admitted(&update(
+            &who,
+            sub,
+            "node1",
+            &[(HOST_KEY, HOST_KEY_VALUE)],
+            &[],
+        ));
     }
 }
 
@@ -428,19 +479,37 @@ fn a_node_may_not_change_another_nodes_host_keys() {
 fn a_node_may_not_write_grants_on_itself_or_another_node() {
     for (target, sub) in [("node1", ""), ("node1", "status"), ("node2", "")] {
         let message = assert_denied(
-            &update(&kubelet("node1"), sub, target, &[], &[(GRANT_ROOT, GRANT_VALUE)]),
+            &update(
+                &kubelet("node1"),
+                sub,
+                target,
+                &[],
+                &[(GRANT_ROOT, GRANT_VALUE)],
+            ),
             &[
-                &format!("system:node:node1 may not change the grant {GRANT_ROOT} on Node {target}"),
+                &format!(
+                    "system:node:node1 may not change the grant {GRANT_ROOT} on Node {target}"
+                ),
                 "a node may not write grants",
                 "write on grants.nodegate.dev",
                 "nodegate-keyctl-granter",
             ],
         );
-        assert_eq!(message.contains("(through nodes/status)"), sub == "status", "{message}");
+        assert_eq!(
+            message.contains("(through nodes/status)"),
+            sub == "status",
+            "{message}"
+        );
     }
     // Nor remove one, nor bring one along when it publishes host keys.
     assert_denied(
-        &update(&kubelet("node1"), "", "node1", &[(GRANT_ROOT, GRANT_VALUE)], &[]),
+        &update(
+            &kubelet("node1"),
+            "",
+            "node1",
+            &[(GRANT_ROOT, GRANT_VALUE)],
+            &[],
+        ),
         &["a node may not write grants"],
     );
     assert_denied(
@@ -473,7 +542,10 @@ fn a_node_with_granter_rights_still_may_not_write_grants() {
 fn a_node_may_not_register_itself_with_a_grant() {
     assert_denied(
         &create(&kubelet("node1"), "node1", &[(GRANT_ROOT, GRANT_VALUE)]),
-        &["system:node:node1 may not change the grant", "a node may not write grants"],
+        &[
+            "system:node:node1 may not change the grant",
+            "a node may not write grants",
+        ],
     );
 }
 
@@ -501,8 +573,17 @@ fn an_outsider_who_may_patch_nodes_is_refused_with_the_permission_and_the_role()
             ],
         );
         assert_denied(
-            &update(&outsider(), sub, "node1", &[], &[(HOST_KEY, HOST_KEY_VALUE)]),
-            &["mallory may not change the host key", "write on hostkeys.nodegate.dev node1"],
+            &update(
+                &outsider(),
+                sub,
+                "node1",
+                &[],
+                &[(HOST_KEY, HOST_KEY_VALUE)],
+            ),
+            &[
+                "mallory may not change the host key",
+                "write on hostkeys.nodegate.dev node1",
+            ],
         );
     }
 }
@@ -519,7 +600,10 @@ fn several_grants_are_counted_in_the_message() {
         ),
         &[" and 1 more on Node node1"],
     );
-    assert!(message.contains(GRANT_ROOT) || message.contains(GRANT_ADMIN), "{message}");
+    assert!(
+        message.contains(GRANT_ROOT) || message.contains(GRANT_ADMIN),
+        "{message}"
+    );
 }
 
 #[test]
@@ -555,7 +639,13 @@ fn a_host_key_admin_replaces_host_keys_but_writes_no_grant() {
         &[(HOST_KEY, HOST_KEY_OTHER)],
     ));
     assert_denied(
-        &update(&host_key_admin(), "", "node1", &[], &[(GRANT_ROOT, GRANT_VALUE)]),
+        &update(
+            &host_key_admin(),
+            "",
+            "node1",
+            &[],
+            &[(GRANT_ROOT, GRANT_VALUE)],
+        ),
         &["hk-admin may not add or change the grant"],
     );
 }
@@ -565,14 +655,28 @@ fn a_host_key_admin_replaces_host_keys_but_writes_no_grant() {
 #[test]
 fn a_node_created_with_a_grant_needs_the_granter_permission() {
     assert_admitted(&create(&granter(), "node1", &[(GRANT_ROOT, GRANT_VALUE)]));
-    assert_admitted(&create(&gpu_pool_granter(), "gpu-node-1", &[(GRANT_ROOT, GRANT_VALUE)]));
+    assert_admitted(&create(
+        &gpu_pool_granter(),
+        "gpu-node-1",
+        &[(GRANT_ROOT, GRANT_VALUE)],
+    ));
     assert_denied(
         &create(&gpu_pool_granter(), "node1", &[(GRANT_ROOT, GRANT_VALUE)]),
-        &["bob may not add or change the grant", "write on grants.nodegate.dev node1"],
+        &[
+            "bob may not add or change the grant",
+            "write on grants.nodegate.dev node1",
+        ],
     );
     assert_denied(
-        &create(&outsider(), "node1", &[(GRANT_ROOT, GRANT_VALUE), (TTL, "0")]),
-        &["mallory may not add or change the grant", "nodegate-keyctl-granter"],
+        &create(
+            &outsider(),
+            "node1",
+            &[(GRANT_ROOT, GRANT_VALUE), (TTL, "0")],
+        ),
+        &[
+            "mallory may not add or change the grant",
+            "nodegate-keyctl-granter",
+        ],
     );
     assert_untouched(&create(&outsider(), "node1", &[(TTL, "0")]));
     assert_untouched(&create(&outsider(), "node1", &[]));
@@ -582,13 +686,23 @@ fn a_node_created_with_a_grant_needs_the_granter_permission() {
 
 #[test]
 fn kubelet_heartbeats_and_controllers_are_not_evaluated() {
-    let present = [(GRANT_ROOT, GRANT_VALUE), (HOST_KEY, HOST_KEY_VALUE), (TTL, "0")];
+    let present = [
+        (GRANT_ROOT, GRANT_VALUE),
+        (HOST_KEY, HOST_KEY_VALUE),
+        (TTL, "0"),
+    ];
     let controller = Identity {
         user: UserInfo::new("system:kube-controller-manager", &["system:authenticated"]),
         rules: Vec::new(),
     };
     // A status heartbeat: same annotations, nodegate's included.
-    assert_untouched(&update(&kubelet("node1"), "status", "node1", &present, &present));
+    assert_untouched(&update(
+        &kubelet("node1"),
+        "status",
+        "node1",
+        &present,
+        &present,
+    ));
     // A controller changing, adding and removing other annotations.
     assert_untouched(&update(
         &controller,
@@ -599,7 +713,10 @@ fn kubelet_heartbeats_and_controllers_are_not_evaluated() {
             (GRANT_ROOT, GRANT_VALUE),
             (HOST_KEY, HOST_KEY_VALUE),
             (TTL, "30"),
-            ("volumes.kubernetes.io/controller-managed-attach-detach", "true"),
+            (
+                "volumes.kubernetes.io/controller-managed-attach-detach",
+                "true",
+            ),
         ],
     ));
     assert_untouched(&update(&controller, "", "node1", &present, &present[..2]));
@@ -622,13 +739,21 @@ fn only_keys_under_the_prefixes_count() {
         "host-keys.nodegate.devx/ssh-ed25519",
         "example.com/ssh.nodegate.dev",
     ] {
-        assert_untouched(&update(&outsider(), "", "node1", &[], &[(key, GRANT_VALUE)]));
+        assert_untouched(&update(
+            &outsider(),
+            "",
+            "node1",
+            &[],
+            &[(key, GRANT_VALUE)],
+        ));
     }
     // Every key under the prefix is a grant to the reader, valid or not, so it is guarded.
     for key in ["ssh.nodegate.dev/anything", "ssh.nodegate.dev/g.root.x"] {
         assert_denied(
             &update(&outsider(), "", "node1", &[], &[(key, "junk")]),
-            &[&format!("mallory may not add or change the grant {key} on Node node1")],
+            &[&format!(
+                "mallory may not add or change the grant {key} on Node node1"
+            )],
         );
     }
 }
@@ -648,7 +773,13 @@ fn deleting_a_node_is_not_matched() {
 
 #[test]
 fn other_subresources_are_not_matched() {
-    let evaluated = update(&outsider(), "proxy", "node1", &[], &[(GRANT_ROOT, GRANT_VALUE)]);
+    let evaluated = update(
+        &outsider(),
+        "proxy",
+        "node1",
+        &[],
+        &[(GRANT_ROOT, GRANT_VALUE)],
+    );
     assert_eq!(evaluated.outcome, Outcome::NotMatched);
 }
 
