@@ -16,9 +16,12 @@ use std::fs;
 use std::io::{self, Write as _};
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::Path;
+use std::time::Duration;
 
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 
+use super::enforce::{Action, Record};
+use super::events::Happening;
 use super::sessions::{ProcId, SessionIds, Tty, parse_stat};
 
 /// What became of a signal.
@@ -116,6 +119,135 @@ pub fn warn_at(path: &Path, tty: &Tty, text: &str) -> io::Result<()> {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// What carrying out an [`Action`] came to, for the log and the Node's Events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A line for the log.
+    Log(String),
+    /// A line for the log, as a warning: something could not be done, or had to be forced.
+    Warn(String),
+    /// A line for the log, and an Event about the Node.
+    Record {
+        /// What happened.
+        happening: Happening,
+        /// The log line.
+        log_line: String,
+        /// The Event's message.
+        message: String,
+    },
+}
+
+/// `alice's session from 192.0.2.7:51234 (key SHA256:..., grant g.alice.0123456789abcdef by carol, "disk full", until ...; sshd pid 100)`.
+fn describe(record: &Record) -> String {
+    let grants = record
+        .grants
+        .iter()
+        .map(|g| {
+            let reason = g
+                .reason
+                .as_deref()
+                .map(|r| format!(", reason {r:?}"))
+                .unwrap_or_default();
+            format!(
+                "key {}, grant {} by {}{reason}, until {}",
+                g.key.fingerprint(),
+                g.annotation,
+                g.granted_by,
+                g.expiry
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let from = record
+        .source
+        .map(|s| format!(" from {s}"))
+        .unwrap_or_default();
+    format!(
+        "{}'s session{from} ({grants}; sshd pid {})",
+        record.user, record.session.monitor.pid
+    )
+}
+
+/// Carries out one action: writes warnings, sends signals (both only to what the scan found),
+/// and says what became of it.
+pub fn carry_out(proc_root: &Path, action: &Action) -> Vec<Outcome> {
+    match action {
+        Action::Login(record) => vec![Outcome::Record {
+            happening: Happening::Login,
+            log_line: format!("login: {}", describe(record)),
+            message: format!("SSH login: {}", describe(record)),
+        }],
+        Action::Logout { record, duration } => {
+            let lasted = humantime::format_duration(Duration::from_secs(duration.as_secs()));
+            vec![Outcome::Record {
+                happening: Happening::Logout,
+                log_line: format!("logout after {lasted}: {}", describe(record)),
+                message: format!("SSH logout after {lasted}: {}", describe(record)),
+            }]
+        }
+        Action::Warn {
+            session,
+            ttys,
+            text,
+        } => ttys
+            .iter()
+            .map(|tty| match warn(tty, text) {
+                Ok(()) => Outcome::Log(format!(
+                    "warned the session of sshd pid {} on {}: {}",
+                    session.monitor.pid,
+                    tty.path().display(),
+                    text.lines().next().unwrap_or_default()
+                )),
+                Err(e) => Outcome::Warn(format!(
+                    "cannot warn the session of sshd pid {} on {}: {e}",
+                    session.monitor.pid,
+                    tty.path().display()
+                )),
+            })
+            .collect(),
+        Action::End { session, why } => vec![match end(proc_root, session) {
+            Ok(Signalled::Sent) => Outcome::Record {
+                happening: Happening::Ended,
+                log_line: format!(
+                    "ending the session of sshd pid {} (SIGTERM): {why}",
+                    session.monitor.pid
+                ),
+                message: format!(
+                    "SSH session ended (sshd pid {}): {why}",
+                    session.monitor.pid
+                ),
+            },
+            Ok(Signalled::Gone) => Outcome::Log(format!(
+                "the session of sshd pid {} ({why}) is already gone",
+                session.monitor.pid
+            )),
+            Err(e) => Outcome::Warn(format!(
+                "cannot end the session of sshd pid {} ({why}): {e}",
+                session.monitor.pid
+            )),
+        }],
+        Action::Kill { session } => vec![match kill(proc_root, session) {
+            Ok(Signalled::Sent) => Outcome::Warn(format!(
+                "the session of sshd pid {} outlived its SIGTERM: SIGKILL to its post-auth child, pid {}",
+                session.monitor.pid, session.child.pid
+            )),
+            Ok(Signalled::Gone) => Outcome::Log(format!(
+                "the post-auth child (pid {}) of sshd pid {} is gone",
+                session.child.pid, session.monitor.pid
+            )),
+            Err(e) => Outcome::Warn(format!(
+                "cannot kill the post-auth child (pid {}) of sshd pid {}: {e}",
+                session.child.pid, session.monitor.pid
+            )),
+        }],
+        Action::Ignore { monitor, user, why } => vec![Outcome::Log(format!(
+            "session of {} (sshd pid {}) left alone: {why}",
+            user.as_deref().unwrap_or("an unknown user"),
+            monitor.pid
+        ))],
     }
 }
 
@@ -239,5 +371,122 @@ mod tests {
         let result = warn_at(&link, &tty, "x");
         fs::remove_dir_all(&dir).unwrap();
         assert!(result.is_err(), "followed the link");
+    }
+
+    fn record_of(session: SessionIds) -> Record {
+        use nodegate_core::{Expiry, GrantKey, LoginUser};
+
+        use super::super::enforce::GrantRef;
+        let key = GrantKey::parse(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti",
+        )
+        .unwrap();
+        let at = chrono::DateTime::from_timestamp(1_764_600_000, 0).unwrap();
+        Record {
+            session,
+            user: LoginUser::new("alice").unwrap(),
+            grants: vec![GrantRef {
+                annotation: "g.alice.5025222ebecf8ecf".into(),
+                key,
+                granted_by: "carol".into(),
+                reason: Some("disk full".into()),
+                expiry: Expiry::At(at),
+            }],
+            login_at: at,
+            source: Some("192.0.2.7:51234".parse().unwrap()),
+            expiry_warned: false,
+            ending: None,
+        }
+    }
+
+    #[test]
+    fn carrying_out_signals_the_scanned_session_and_says_what_happened() {
+        use super::super::enforce::EndReason;
+        let mut sleeper = Command::new("sleep")
+            .arg("60")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let id = proc_id(sleeper.id());
+        let session = SessionIds {
+            monitor: id,
+            child: id,
+        };
+        let root = Path::new("/proc");
+        let why = EndReason::Revoked {
+            annotation: "g.alice.5025222ebecf8ecf".into(),
+        };
+        let out = carry_out(
+            root,
+            &Action::End {
+                session,
+                why: why.clone(),
+            },
+        );
+        let [
+            Outcome::Record {
+                happening: Happening::Ended,
+                message,
+                ..
+            },
+        ] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert!(
+            message.contains("grant g.alice.5025222ebecf8ecf was revoked"),
+            "{message}"
+        );
+        assert_eq!(
+            sleeper.wait().unwrap().signal(),
+            Some(Signal::TERM.as_raw())
+        );
+        let out = carry_out(root, &Action::End { session, why });
+        assert!(
+            matches!(&out[..], [Outcome::Log(l)] if l.contains("already gone")),
+            "{out:?}"
+        );
+        let out = carry_out(root, &Action::Kill { session });
+        assert!(
+            matches!(&out[..], [Outcome::Log(l)] if l.contains("is gone")),
+            "{out:?}"
+        );
+
+        let out = carry_out(root, &Action::Login(record_of(session)));
+        let [
+            Outcome::Record {
+                happening: Happening::Login,
+                message,
+                ..
+            },
+        ] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        for part in [
+            "alice's session from 192.0.2.7:51234",
+            "SHA256:UCUiLr7Pjs9wFFJMDByLgc3NrtdU344OgUM45wZPcIQ",
+            "by carol",
+            "\"disk full\"",
+            "until 2025-12-01T14:40:00Z",
+        ] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+        let out = carry_out(
+            root,
+            &Action::Warn {
+                session,
+                ttys: vec![Tty {
+                    index: 999_999,
+                    major: 136,
+                    minor: 999_999,
+                }],
+                text: "x".into(),
+            },
+        );
+        assert!(
+            matches!(&out[..], [Outcome::Warn(l)] if l.contains("/dev/pts/999999")),
+            "{out:?}"
+        );
     }
 }
