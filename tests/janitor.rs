@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use nodegate_core::{AnnotationPrefix, Expiry, Grant, GrantKey, GrantText, LoginUser};
+use nodegate_testkit::cluster::kubectl_as;
 use nodegate_testkit::kubelet::Kubelet;
 use nodegate_testkit::process::{Scratch, wait_until};
 use nodegate_testkit::{Cluster, workspace_bin, workspace_root};
@@ -65,6 +66,35 @@ fn can_i(cluster: &Cluster, args: &[&str]) -> bool {
     all.extend_from_slice(args);
     let out = cluster.kubectl(&all);
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// Whether the janitor's ServiceAccount may `verb` `resource` in `group`, by a
+/// SubjectAccessReview: `kubectl auth can-i` cannot ask about a resource the server does not
+/// serve, such as nodegate's own `grants.nodegate.dev` (kubectl 1.32 sends it as a core-group
+/// resource named `grants.nodegate.dev`, which no role names).
+fn may(cluster: &Cluster, verb: &str, group: &str, resource: &str) -> bool {
+    let review = serde_json::json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": SERVICE_ACCOUNT,
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{NAMESPACE}"),
+                       "system:authenticated"],
+            "resourceAttributes": {"verb": verb, "group": group, "resource": resource},
+        },
+    });
+    let out = kubectl_as(
+        cluster.admin_kubeconfig(),
+        &["create", "-f", "-", "-o", "json"],
+        Some(review.to_string().as_bytes()),
+    );
+    assert!(
+        out.status.success(),
+        "SubjectAccessReview failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("review JSON");
+    answer["status"]["allowed"] == true
 }
 
 #[test]
@@ -140,6 +170,10 @@ fn janitor_pod_removes_expired_grants_with_its_own_service_account() {
     ] {
         assert!(!can_i(&cluster, refused), "the janitor may {refused:?}");
     }
+    // nodegate's own permission to remove grants, which the admission guard asks for; removing
+    // only, never adding or changing a grant.
+    assert!(may(&cluster, "prune", "nodegate.dev", "grants"));
+    assert!(!may(&cluster, "write", "nodegate.dev", "grants"));
 
     // What this test machine needs and a real cluster does not: no scheduler runs here (so the
     // pod is pinned to the node), no CNI plugin (so host network), and no kube-proxy (so the
