@@ -449,12 +449,6 @@ fn print_report(audit: &Audit) {
                     grants.nodes.join(", ")
                 ));
             }
-            if let Some(why) = write.system_identity
-                && write.standing == Standing::System
-                && write.through != Through::NodeAuthorizer
-            {
-                standing.push_str(&format!("\n({why})"));
-            }
             table.add_row(vec![
                 Cell::new(if i == 0 { name.as_str() } else { "" }),
                 Cell::new(can),
