@@ -6,9 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nodegate_admission_guard::{
-    Guard, Operation, Outcome, RbacTable, Request, Rule, Subject, UserInfo, cluster_role,
-    read_documents,
+    Guard, Operation, Outcome, RbacTable, Request, ResourceAttributes, Rule, Subject, UserInfo,
+    cluster_role, read_documents,
 };
+use nodegate_core::host_keys::HOST_KEY_PREFIX;
+use nodegate_core::permissions::{
+    GRANTS_RESOURCE, HOSTKEYS_RESOURCE, PERMISSION_GROUP, PRUNE_VERB, WRITE_VERB,
+};
+use nodegate_core::prefix::DEFAULT_PREFIX;
 use serde_json::{Value as Json, json};
 
 const GRANT_ROOT: &str = "ssh.nodegate.dev/g.root.5025222ebecf8ecf";
@@ -177,7 +182,7 @@ fn node(name: &str, annotations: &[(&str, &str)]) -> Json {
 /// What happened, and which checks the authorizer answered.
 struct Evaluated {
     outcome: Outcome,
-    checks: Vec<nodegate_admission_guard::ResourceAttributes>,
+    checks: Vec<ResourceAttributes>,
 }
 
 fn evaluate(
@@ -292,17 +297,56 @@ fn a_granter_adds_changes_and_removes_grants_through_nodes_and_nodes_status() {
     }
 }
 
+/// The check the guard asks the authorizer for: nodegate's permission on one node.
+fn permission(resource: &str, verb: &str, node: &str) -> ResourceAttributes {
+    ResourceAttributes {
+        group: PERMISSION_GROUP.into(),
+        resource: resource.into(),
+        subresource: String::new(),
+        namespace: String::new(),
+        name: node.into(),
+        verb: verb.into(),
+    }
+}
+
 #[test]
-fn the_granter_check_is_per_node_and_names_the_node() {
-    let who = granter();
-    let evaluated = update(&who, "", "node7", &[], &[(GRANT_ROOT, GRANT_VALUE)]);
+fn the_guard_asks_for_the_permissions_keyctl_and_the_roles_name() {
+    // The keys these tests write are under the prefixes nodegate-core reads.
+    for key in [GRANT_ROOT, GRANT_ADMIN] {
+        assert!(key.starts_with(&format!("{DEFAULT_PREFIX}/")), "{key}");
+    }
+    assert!(HOST_KEY.starts_with(&format!("{HOST_KEY_PREFIX}/")));
+
+    let evaluated = update(&granter(), "", "node7", &[], &[(GRANT_ROOT, GRANT_VALUE)]);
     assert_admitted(&evaluated);
     assert!(
-        evaluated.checks.iter().any(|c| c.group == "nodegate.dev"
-            && c.resource == "grants"
-            && c.name == "node7"
-            && c.verb == "write"
-            && c.namespace.is_empty()),
+        evaluated
+            .checks
+            .contains(&permission(GRANTS_RESOURCE, WRITE_VERB, "node7")),
+        "{:?}",
+        evaluated.checks
+    );
+    let evaluated = update(&janitor(), "", "node7", &[(GRANT_ROOT, GRANT_VALUE)], &[]);
+    assert_admitted(&evaluated);
+    assert!(
+        evaluated
+            .checks
+            .contains(&permission(GRANTS_RESOURCE, PRUNE_VERB, "node7")),
+        "{:?}",
+        evaluated.checks
+    );
+    let evaluated = update(
+        &host_key_admin(),
+        "",
+        "node7",
+        &[],
+        &[(HOST_KEY, HOST_KEY_VALUE)],
+    );
+    assert_admitted(&evaluated);
+    assert!(
+        evaluated
+            .checks
+            .contains(&permission(HOSTKEYS_RESOURCE, WRITE_VERB, "node7")),
         "{:?}",
         evaluated.checks
     );

@@ -2,7 +2,8 @@
 //! read into k8s-openapi's types and written back must give the document itself (a misspelt or
 //! unknown field would be dropped on the way), plus what the types cannot say: the enumerated
 //! values, the rules naming `nodes` and `nodes/status`, and the names and messages
-//! kube-apiserver validates.
+//! kube-apiserver validates. (k8s-openapi's types are those of 1.33, its earliest; every field
+//! the guard uses is in v1 since 1.30, and the emulation refuses any other.)
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -11,6 +12,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use nodegate_admission_guard::read_documents;
+use nodegate_core::permissions::{GUARD_BINDING, GUARD_POLICY};
 use serde_json::Value as Json;
 
 fn documents() -> Vec<Json> {
@@ -77,7 +79,9 @@ fn the_binding_puts_the_policy_in_force_with_deny() {
     let binding = binding();
     let spec = binding.spec.expect("the binding has a spec");
     assert_eq!(spec.policy_name, policy.metadata.name);
-    assert_eq!(spec.policy_name.as_deref(), Some("nodegate-grant-guard"));
+    // keyctl audit looks for them under these names.
+    assert_eq!(spec.policy_name.as_deref(), Some(GUARD_POLICY));
+    assert_eq!(binding.metadata.name.as_deref(), Some(GUARD_BINDING));
     let actions = spec
         .validation_actions
         .expect("validationActions are required");
