@@ -143,7 +143,7 @@ pub async fn run(session: &Session, args: &AuditArgs) -> anyhow::Result<ExitCode
     let caller = session.caller().await;
     let roles = list_rbac::<ClusterRole>(session, &caller, "clusterroles").await?;
     let bindings = list_rbac::<ClusterRoleBinding>(session, &caller, "clusterrolebindings").await?;
-    let guard = read_guard(session, &caller).await?;
+    let guard = read_guard(&session.client, &caller).await?;
     let audit = evaluate(&roles, &bindings, guard, args.strict);
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&audit)?),
@@ -184,7 +184,7 @@ where
 }
 
 /// Finds out whether the guard is installed and bound, in `admissionregistration.k8s.io/v1`.
-async fn read_guard(session: &Session, caller: &str) -> anyhow::Result<Guard> {
+async fn read_guard(client: &kube::Client, caller: &str) -> anyhow::Result<Guard> {
     let guard = |state: GuardState, message: String| Guard {
         in_force: state == GuardState::InForce,
         state,
@@ -192,7 +192,7 @@ async fn read_guard(session: &Session, caller: &str) -> anyhow::Result<Guard> {
         binding: GUARD_BINDING,
         message,
     };
-    let served = match session.client.list_api_group_resources(ADMISSION_API).await {
+    let served = match client.list_api_group_resources(ADMISSION_API).await {
         Ok(list) => list
             .resources
             .iter()
@@ -205,8 +205,7 @@ async fn read_guard(session: &Session, caller: &str) -> anyhow::Result<Guard> {
         }
     };
     if !served {
-        let version = session
-            .client
+        let version = client
             .apiserver_version()
             .await
             .map(|v| format!(" ({})", v.git_version))
@@ -227,7 +226,7 @@ async fn read_guard(session: &Session, caller: &str) -> anyhow::Result<Guard> {
             ),
         )
     };
-    let policies: Api<ValidatingAdmissionPolicy> = Api::all(session.client.clone());
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     match policies.get(GUARD_POLICY).await {
         Ok(_) => {}
         Err(error) if status::is_forbidden(&error) => {
@@ -246,7 +245,7 @@ async fn read_guard(session: &Session, caller: &str) -> anyhow::Result<Guard> {
                 .context(format!("reading ValidatingAdmissionPolicy {GUARD_POLICY}")));
         }
     }
-    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(session.client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
     let binding = match bindings.get(GUARD_BINDING).await {
         Ok(binding) => binding,
         Err(error) if status::is_forbidden(&error) => {
@@ -614,5 +613,167 @@ mod tests {
         assert!(
             binding_problem(&binding("other", &["Deny"])).is_some_and(|p| p.contains("\"other\""))
         );
+    }
+
+    mod mock_api {
+        use super::super::*;
+        use http::{Method, Request, Response, StatusCode};
+        use kube::client::Body;
+        use serde_json::{Value, json};
+
+        type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+        fn respond(status: StatusCode, body: &Value) -> Response<Body> {
+            Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(body).unwrap()))
+                .unwrap()
+        }
+
+        fn failure(code: u16, reason: &str) -> Value {
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "message": reason, "reason": reason, "code": code})
+        }
+
+        fn discovery(with_policies: bool) -> Value {
+            let mut resources = vec![json!({"name": "validatingwebhookconfigurations",
+                "singularName": "", "namespaced": false, "kind": "ValidatingWebhookConfiguration",
+                "verbs": ["get"]})];
+            if with_policies {
+                resources.push(
+                    json!({"name": "validatingadmissionpolicies", "singularName": "",
+                    "namespaced": false, "kind": "ValidatingAdmissionPolicy", "verbs": ["get"]}),
+                );
+            }
+            json!({"kind": "APIResourceList", "apiVersion": "v1",
+                   "groupVersion": ADMISSION_API, "resources": resources})
+        }
+
+        fn policy() -> Value {
+            json!({"apiVersion": ADMISSION_API, "kind": "ValidatingAdmissionPolicy",
+                   "metadata": {"name": GUARD_POLICY}, "spec": {}})
+        }
+
+        fn binding(actions: &[&str]) -> Value {
+            json!({"apiVersion": ADMISSION_API, "kind": "ValidatingAdmissionPolicyBinding",
+                   "metadata": {"name": GUARD_BINDING},
+                   "spec": {"policyName": GUARD_POLICY, "validationActions": actions}})
+        }
+
+        /// Runs read_guard against answers given in order, each for the path it must ask.
+        async fn guard_with(answers: Vec<(&'static str, StatusCode, Value)>) -> Guard {
+            let (service, mut handle): (_, Handle) =
+                tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let client = kube::Client::new(service, "default");
+            let server = tokio::spawn(async move {
+                for (path, status, body) in answers {
+                    let (request, send) = handle.next_request().await.expect("a request");
+                    assert_eq!(request.method(), Method::GET);
+                    assert_eq!(request.uri().path(), path);
+                    send.send_response(respond(status, &body));
+                }
+            });
+            let guard = read_guard(&client, "audrey").await.unwrap();
+            server.await.unwrap();
+            guard
+        }
+
+        const DISCOVERY: &str = "/apis/admissionregistration.k8s.io/v1";
+        const POLICY: &str = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/nodegate-grant-guard";
+        const BINDING: &str = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/nodegate-grant-guard";
+
+        #[tokio::test]
+        async fn in_force_when_the_policy_is_bound_with_deny() {
+            let guard = guard_with(vec![
+                (DISCOVERY, StatusCode::OK, discovery(true)),
+                (POLICY, StatusCode::OK, policy()),
+                (BINDING, StatusCode::OK, binding(&["Deny"])),
+            ])
+            .await;
+            assert_eq!(guard.state, GuardState::InForce);
+            assert!(guard.in_force);
+        }
+
+        #[tokio::test]
+        async fn a_binding_that_only_warns_puts_nothing_in_force() {
+            let guard = guard_with(vec![
+                (DISCOVERY, StatusCode::OK, discovery(true)),
+                (POLICY, StatusCode::OK, policy()),
+                (BINDING, StatusCode::OK, binding(&["Warn"])),
+            ])
+            .await;
+            assert_eq!(guard.state, GuardState::NotBound);
+            assert!(!guard.in_force);
+            assert!(guard.message.contains("without Deny"), "{}", guard.message);
+        }
+
+        #[tokio::test]
+        async fn a_policy_without_binding_is_not_bound() {
+            let guard = guard_with(vec![
+                (DISCOVERY, StatusCode::OK, discovery(true)),
+                (POLICY, StatusCode::OK, policy()),
+                (BINDING, StatusCode::NOT_FOUND, failure(404, "NotFound")),
+            ])
+            .await;
+            assert_eq!(guard.state, GuardState::NotBound);
+            assert!(guard.message.contains("not bound"), "{}", guard.message);
+        }
+
+        #[tokio::test]
+        async fn no_policy_is_not_installed() {
+            let guard = guard_with(vec![
+                (DISCOVERY, StatusCode::OK, discovery(true)),
+                (POLICY, StatusCode::NOT_FOUND, failure(404, "NotFound")),
+            ])
+            .await;
+            assert_eq!(guard.state, GuardState::NotInstalled);
+            assert!(
+                guard
+                    .message
+                    .contains("packaging/admission/nodegate-grant-guard.yaml"),
+                "{}",
+                guard.message
+            );
+        }
+
+        #[tokio::test]
+        async fn a_refused_read_names_the_permission_and_the_auditor_role() {
+            let guard = guard_with(vec![
+                (DISCOVERY, StatusCode::OK, discovery(true)),
+                (POLICY, StatusCode::FORBIDDEN, failure(403, "Forbidden")),
+            ])
+            .await;
+            assert_eq!(guard.state, GuardState::Unreadable);
+            assert!(!guard.in_force);
+            assert!(
+                guard.message.contains(
+                    "audrey may not get validatingadmissionpolicies.admissionregistration.k8s.io nodegate-grant-guard"
+                ) && guard.message.contains("nodegate-keyctl-auditor"),
+                "{}",
+                guard.message
+            );
+        }
+
+        #[tokio::test]
+        async fn a_server_without_the_api_is_named_with_its_version() {
+            let guard = guard_with(vec![
+                (DISCOVERY, StatusCode::OK, discovery(false)),
+                (
+                    "/version",
+                    StatusCode::OK,
+                    json!({"major": "1", "minor": "29", "gitVersion": "v1.29.4",
+                           "gitCommit": "", "gitTreeState": "", "buildDate": "",
+                           "goVersion": "", "compiler": "", "platform": ""}),
+                ),
+            ])
+            .await;
+            assert_eq!(guard.state, GuardState::NotAvailable);
+            assert!(
+                guard.message.contains("(v1.29.4)") && guard.message.contains("1.30"),
+                "{}",
+                guard.message
+            );
+        }
     }
 }
