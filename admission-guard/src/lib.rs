@@ -26,8 +26,10 @@
 //!
 //! The `cel` crate checks no types before evaluating, as kube-apiserver does against the
 //! matched resources' schemas; an expression that compiles here may still have a type error
-//! there (reported in the policy's `status.typeChecking`). Parts of the API that the guard does
-//! not use (parameters, selectors, audit annotations, excluded rules, the binding's own
+//! there (reported in the policy's `status.typeChecking`). Nor are CEL's runtime cost limits
+//! emulated, nor the library's `authorizer.requestResource`, `path()` and `serviceAccount()`
+//! (an expression using them fails here). Parts of the API that the guard does not use
+//! (parameters, selectors, audit annotations, excluded rules, the binding's own
 //! `matchResources`) are refused by [`Guard::from_manifests`] rather than ignored.
 
 use std::collections::HashMap;
@@ -802,6 +804,8 @@ struct Inputs {
 
 impl Inputs {
     fn new(request: &Request) -> Self {
+        // A JSON value always converts (strings, numbers, booleans, lists, maps with string
+        // keys); null stands for an absent object, as in kube-apiserver.
         let to_value = |json: Option<&Json>| -> Value {
             json.and_then(|j| cel::to_value(j).ok())
                 .unwrap_or(Value::Null)
