@@ -106,9 +106,9 @@ their host field exactly HOST; exit status 1 and nothing printed when it publish
         after_help = "Reads every ClusterRole and ClusterRoleBinding (the ClusterRole
 nodegate-keyctl-auditor, packaging/rbac/keyctl-auditor.yaml, allows it) and the guard's
 ValidatingAdmissionPolicy and binding (Kubernetes 1.30+).
-Exit status: 0 when nobody beyond the granters (and Kubernetes' own system identities,
-unless --strict) can write grants, or the guard holds them back; 3 when someone can; 1 when
-RBAC could not be read.
+Exit status: 0 when only granters can write grants (Kubernetes' own system identities
+aside, unless --strict), or the guard holds everyone else back; 3 when someone beyond the
+granters can; 1 when RBAC could not be read.
 Examples:
   kubectl keyctl audit
   kubectl keyctl audit -o json | jq '.subjects[] | select(.standing == \"beyond-the-granters\")'"
