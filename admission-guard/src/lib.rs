@@ -603,13 +603,6 @@ impl Guard {
         })
     }
 
-    /// The policy's match conditions, by name and expression text.
-    pub fn match_conditions(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.match_conditions
-            .iter()
-            .map(|c| (c.name.as_str(), c.source.as_str()))
-    }
-
     /// Evaluates the policy for `request`, asking `authorizer` what the policy asks.
     pub fn admit(&self, request: &Request, authorizer: Arc<dyn Authorizer>) -> Outcome {
         if !self.rules.iter().any(|rule| rule.matches(request)) {
