@@ -214,63 +214,70 @@ pub struct SourcedRule {
 /// the controller replaces them; a role whose controller has not filled it yet counts with what
 /// it will hold.
 pub fn effective_rules(roles: &[ClusterRole]) -> BTreeMap<String, Vec<SourcedRule>> {
-    let by_name: BTreeMap<&str, &ClusterRole> = roles
+    let named: Vec<(&str, &ClusterRole)> = roles
         .iter()
         .filter_map(|r| r.metadata.name.as_deref().map(|n| (n, r)))
         .collect();
-    let mut done: BTreeMap<String, Vec<SourcedRule>> = BTreeMap::new();
-    for name in by_name.keys() {
-        let mut visiting = BTreeSet::new();
-        collect_rules(name, &by_name, &mut visiting, &mut done);
-    }
-    done
-}
-
-fn collect_rules(
-    name: &str,
-    by_name: &BTreeMap<&str, &ClusterRole>,
-    visiting: &mut BTreeSet<String>,
-    done: &mut BTreeMap<String, Vec<SourcedRule>>,
-) -> Vec<SourcedRule> {
-    if let Some(rules) = done.get(name) {
-        return rules.clone();
-    }
-    let Some(role) = by_name.get(name) else {
-        return Vec::new();
-    };
-    // A cycle of aggregated roles (a matches b, b matches a): each adds what the other holds
-    // of its own; the controller converges to the same union.
-    if !visiting.insert(name.to_owned()) {
-        return own_rules(role, name);
-    }
-    let mut rules: Vec<SourcedRule> = Vec::new();
-    if let Some(aggregation) = &role.aggregation_rule {
-        let selectors = aggregation
-            .cluster_role_selectors
-            .as_deref()
-            .unwrap_or_default();
-        for (other, other_role) in by_name {
-            if *other == name {
-                continue;
-            }
-            let labels = other_role.metadata.labels.clone().unwrap_or_default();
-            if selectors.iter().any(|s| label_selector_matches(s, &labels)) {
-                for sourced in collect_rules(other, by_name, visiting, done) {
-                    if !rules.iter().any(|r| r.rule == sourced.rule) {
-                        rules.push(sourced);
-                    }
+    let mut effective: BTreeMap<String, Vec<SourcedRule>> = named
+        .iter()
+        .map(|(name, role)| ((*name).to_owned(), own_rules(role, name)))
+        .collect();
+    // Which other roles each aggregated role's selectors match.
+    let aggregates: Vec<(&str, Vec<&str>)> = named
+        .iter()
+        .filter_map(|(name, role)| {
+            let selectors = role
+                .aggregation_rule
+                .as_ref()?
+                .cluster_role_selectors
+                .as_deref()
+                .unwrap_or_default();
+            let matched = named
+                .iter()
+                .filter(|(other, other_role)| {
+                    let labels = other_role.metadata.labels.clone().unwrap_or_default();
+                    other != name && selectors.iter().any(|s| label_selector_matches(s, &labels))
+                })
+                .map(|(other, _)| *other)
+                .collect();
+            Some((*name, matched))
+        })
+        .collect();
+    // Until nothing changes, as the controller converges: nested aggregated roles and cycles
+    // of them end with the union of everything they reach. Rules only ever get added (or their
+    // source named), so this ends.
+    loop {
+        let mut changed = false;
+        for (name, sources) in &aggregates {
+            let mut rules = effective[*name].clone();
+            for source in sources {
+                for sourced in &effective[*source] {
+                    changed |= add_rule(&mut rules, sourced, name);
                 }
             }
+            effective.insert((*name).to_owned(), rules);
+        }
+        if !changed {
+            return effective;
         }
     }
-    for sourced in own_rules(role, name) {
-        if !rules.iter().any(|r| r.rule == sourced.rule) {
-            rules.push(sourced);
+}
+
+/// Adds `sourced` to `owner`'s `rules` unless the rule is there already; a rule `owner` holds
+/// as its own and another role also holds (the controller copied it) is named by that role.
+/// Returns whether anything changed.
+fn add_rule(rules: &mut Vec<SourcedRule>, sourced: &SourcedRule, owner: &str) -> bool {
+    match rules.iter_mut().find(|r| r.rule == sourced.rule) {
+        Some(existing) if existing.from == owner && sourced.from != owner => {
+            existing.from = sourced.from.clone();
+            true
+        }
+        Some(_) => false,
+        None => {
+            rules.push(sourced.clone());
+            true
         }
     }
-    visiting.remove(name);
-    done.insert(name.to_owned(), rules.clone());
-    rules
 }
 
 fn own_rules(role: &ClusterRole, name: &str) -> Vec<SourcedRule> {
@@ -1004,6 +1011,41 @@ mod tests {
         assert_eq!(effective["b"][0].from, "a");
         let empty = aggregating("none", &[], Vec::new());
         assert!(effective_rules(&[empty, a, b])["none"].is_empty());
+    }
+
+    #[test]
+    fn a_longer_cycle_of_aggregated_roles_ends_with_the_union_everywhere() {
+        // a aggregates b, b aggregates c, c aggregates a; each holds one rule of its own.
+        let link = |name: &str, own: &str, next: &str, verb: &str| {
+            let mut role = aggregating(name, &[("ring", own)], vec![selector(&[("ring", next)])]);
+            role.rules = Some(vec![rule(&[""], &["nodes"], &[verb])]);
+            role
+        };
+        let roles = [
+            link("a", "a", "b", "patch"),
+            link("b", "b", "c", "update"),
+            link("c", "c", "a", "create"),
+        ];
+        let effective = effective_rules(&roles);
+        for name in ["a", "b", "c"] {
+            let mut from: Vec<&str> = effective[name].iter().map(|r| r.from.as_str()).collect();
+            from.sort();
+            assert_eq!(from, ["a", "b", "c"], "{name}: {:?}", effective[name]);
+        }
+    }
+
+    #[test]
+    fn a_rule_the_controller_copied_is_named_by_the_role_it_came_from() {
+        let part = role(
+            "part",
+            &[("agg", "yes")],
+            vec![rule(&[""], &["nodes"], &["patch"])],
+        );
+        let mut filled = aggregating("filled", &[], vec![selector(&[("agg", "yes")])]);
+        filled.rules = Some(vec![rule(&[""], &["nodes"], &["patch"])]);
+        let effective = effective_rules(&[part, filled]);
+        assert_eq!(effective["filled"].len(), 1);
+        assert_eq!(effective["filled"][0].from, "part");
     }
 
     #[test]
