@@ -60,15 +60,33 @@ pub fn signal_process(proc_root: &Path, id: &ProcId, signal: Signal) -> io::Resu
     }
 }
 
-/// Ends a session: SIGTERM to its monitor, which ends the connection.
-pub fn end(proc_root: &Path, session: &SessionIds) -> io::Result<Signalled> {
-    signal_process(proc_root, &session.monitor, Signal::TERM)
+/// Ends a session: SIGTERM to its monitor, which ends the connection, and SIGHUP to the
+/// session's processes the scan found. A shell on a terminal gets that hangup from the
+/// terminal anyway; a command without one (`ssh node 'long job'`) would otherwise go on after
+/// the connection, reparented, where no later scan could tell it was the session's. A process
+/// that ignores SIGHUP (`nohup`) was detached on purpose and is left to run.
+pub fn end(proc_root: &Path, session: &SessionIds, processes: &[ProcId]) -> io::Result<Signalled> {
+    let ended = signal_process(proc_root, &session.monitor, Signal::TERM);
+    hang_up(proc_root, session, processes);
+    ended
 }
 
-/// Kills a session that [`end`] did not end: SIGKILL to its post-auth child (never to the
-/// session's own processes, which lose their terminal or their pipes with it).
-pub fn kill(proc_root: &Path, session: &SessionIds) -> io::Result<Signalled> {
-    signal_process(proc_root, &session.child, Signal::KILL)
+/// Kills a session that [`end`] did not end: SIGKILL to its post-auth child, SIGHUP again to
+/// its processes.
+pub fn kill(proc_root: &Path, session: &SessionIds, processes: &[ProcId]) -> io::Result<Signalled> {
+    let killed = signal_process(proc_root, &session.child, Signal::KILL);
+    hang_up(proc_root, session, processes);
+    killed
+}
+
+/// SIGHUP to each of `processes` still there, except the session's sshd processes themselves.
+fn hang_up(proc_root: &Path, session: &SessionIds, processes: &[ProcId]) {
+    for id in processes {
+        if id != &session.monitor && id != &session.child {
+            // Gone already or not ours to reach: nothing more to do for it.
+            let _ = signal_process(proc_root, id, Signal::HUP);
+        }
+    }
 }
 
 /// `text` as a banner for a terminal, as wall(1) writes one: a bell and a blank line first,
@@ -208,7 +226,11 @@ pub fn carry_out(proc_root: &Path, action: &Action) -> Vec<Outcome> {
                 )),
             })
             .collect(),
-        Action::End { session, why } => vec![match end(proc_root, session) {
+        Action::End {
+            session,
+            processes,
+            why,
+        } => vec![match end(proc_root, session, processes) {
             Ok(Signalled::Sent) => Outcome::Record {
                 happening: Happening::Ended,
                 log_line: format!(
@@ -229,7 +251,7 @@ pub fn carry_out(proc_root: &Path, action: &Action) -> Vec<Outcome> {
                 session.monitor.pid
             )),
         }],
-        Action::Kill { session } => vec![match kill(proc_root, session) {
+        Action::Kill { session, processes } => vec![match kill(proc_root, session, processes) {
             Ok(Signalled::Sent) => Outcome::Warn(format!(
                 "the session of sshd pid {} outlived its SIGTERM: SIGKILL to its post-auth child, pid {}",
                 session.monitor.pid, session.child.pid
@@ -402,27 +424,31 @@ mod tests {
     #[test]
     fn carrying_out_signals_the_scanned_session_and_says_what_happened() {
         use super::super::enforce::EndReason;
-        let mut sleeper = Command::new("sleep")
-            .arg("60")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let id = proc_id(sleeper.id());
+        let sleep = || {
+            Command::new("sleep")
+                .arg("60")
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        // A stand-in for the sshd process, and one for a command it runs without a terminal.
+        let (mut sshd, mut command, mut bystander) = (sleep(), sleep(), sleep());
+        let id = proc_id(sshd.id());
         let session = SessionIds {
             monitor: id,
             child: id,
         };
+        let processes = vec![proc_id(command.id())];
         let root = Path::new("/proc");
         let why = EndReason::Revoked {
             annotation: "g.alice.5025222ebecf8ecf".into(),
         };
-        let out = carry_out(
-            root,
-            &Action::End {
-                session,
-                why: why.clone(),
-            },
-        );
+        let end = Action::End {
+            session,
+            processes: processes.clone(),
+            why: why.clone(),
+        };
+        let out = carry_out(root, &end);
         let [
             Outcome::Record {
                 happening: Happening::Ended,
@@ -437,21 +463,21 @@ mod tests {
             message.contains("grant g.alice.5025222ebecf8ecf was revoked"),
             "{message}"
         );
-        assert_eq!(
-            sleeper.wait().unwrap().signal(),
-            Some(Signal::TERM.as_raw())
-        );
-        let out = carry_out(root, &Action::End { session, why });
+        assert_eq!(sshd.wait().unwrap().signal(), Some(Signal::TERM.as_raw()));
+        assert_eq!(command.wait().unwrap().signal(), Some(Signal::HUP.as_raw()));
+        assert!(bystander.try_wait().unwrap().is_none(), "not the session's");
+        bystander.kill().unwrap();
+        bystander.wait().unwrap();
+        let out = carry_out(root, &end);
         assert!(
             matches!(&out[..], [Outcome::Log(l)] if l.contains("already gone")),
             "{out:?}"
         );
-        let out = carry_out(root, &Action::Kill { session });
+        let out = carry_out(root, &Action::Kill { session, processes });
         assert!(
             matches!(&out[..], [Outcome::Log(l)] if l.contains("is gone")),
             "{out:?}"
         );
-
         let out = carry_out(root, &Action::Login(record_of(session)));
         let [
             Outcome::Record {

@@ -236,17 +236,21 @@ pub enum Action {
         /// The message.
         text: String,
     },
-    /// SIGTERM to the session's monitor (`ending::end`).
+    /// SIGTERM to the session's monitor, SIGHUP to its processes (`ending::end`).
     End {
         /// The session.
         session: SessionIds,
+        /// Its processes, from this scan.
+        processes: Vec<ProcId>,
         /// Why.
         why: EndReason,
     },
-    /// SIGKILL to the session's post-auth child (`ending::kill`).
+    /// SIGKILL to the session's post-auth child, SIGHUP to its processes (`ending::kill`).
     Kill {
         /// The session.
         session: SessionIds,
+        /// Its processes, from this scan.
+        processes: Vec<ProcId>,
     },
     /// A recorded session is gone (log it).
     Logout {
@@ -665,19 +669,29 @@ impl SessionKeeper {
 
         // Recorded sessions: warn, end, kill.
         for record in self.records.values_mut() {
-            let ttys = scan
+            let monitor = record.session.monitor;
+            let seen = scan
                 .sessions
                 .iter()
-                .find(|s| s.ids.monitor == record.session.monitor)
-                .map(|s| s.ttys.clone())
+                .find(|s| s.ids.monitor == monitor)
+                .map(|s| Seen {
+                    ttys: &s.ttys,
+                    processes: &s.processes,
+                })
                 .or_else(|| {
                     scan.unattributable
                         .iter()
-                        .find(|u| u.monitor == record.session.monitor)
-                        .map(|u| u.ttys.clone())
+                        .find(|u| u.monitor == monitor)
+                        .map(|u| Seen {
+                            ttys: &u.ttys,
+                            processes: &u.processes,
+                        })
                 })
-                .unwrap_or_default();
-            judge(record, &ttys, view, now, now_ms, settings, &mut actions);
+                .unwrap_or(Seen {
+                    ttys: &[],
+                    processes: &[],
+                });
+            judge(record, &seen, view, now, now_ms, settings, &mut actions);
         }
         actions
     }
@@ -746,9 +760,15 @@ fn end_reason(
     })
 }
 
+/// What this scan saw of a recorded session.
+struct Seen<'s> {
+    ttys: &'s [Tty],
+    processes: &'s [ProcId],
+}
+
 fn judge(
     record: &mut Record,
-    ttys: &[Tty],
+    seen: &Seen<'_>,
     view: &GrantView,
     now: DateTime<Utc>,
     now_ms: u64,
@@ -769,10 +789,10 @@ fn judge(
     }
     let session = record.session;
     let warn = |text: String, actions: &mut Vec<Action>| {
-        if !ttys.is_empty() {
+        if !seen.ttys.is_empty() {
             actions.push(Action::Warn {
                 session,
-                ttys: ttys.to_vec(),
+                ttys: seen.ttys.to_vec(),
                 text,
             });
         }
@@ -782,7 +802,7 @@ fn judge(
         (None, Some((why, expires))) => {
             let delay = match expires {
                 Some(at) => until(now, at),
-                None if ttys.is_empty() => Duration::ZERO,
+                None if seen.ttys.is_empty() => Duration::ZERO,
                 None => settings.end_grace,
             };
             warn(end_warning_text(record, &why, delay, settings), actions);
@@ -805,6 +825,7 @@ fn judge(
                 ending.term_sent_ms = Some(now_ms);
                 actions.push(Action::End {
                     session: record.session,
+                    processes: seen.processes.to_vec(),
                     why: ending.why.clone(),
                 });
             }
@@ -815,6 +836,7 @@ fn judge(
                     ending.kill_sent_ms = Some(now_ms);
                     actions.push(Action::Kill {
                         session: record.session,
+                        processes: seen.processes.to_vec(),
                     });
                 }
             }
@@ -920,7 +942,16 @@ mod tests {
             methods,
             source: Some("192.0.2.7:51234".parse().unwrap()),
             ttys: ttys.to_vec(),
+            processes: vec![shell(pid)],
             started_at: t0(),
+        }
+    }
+
+    /// The shell of session `pid`.
+    fn shell(pid: i32) -> ProcId {
+        ProcId {
+            pid: pid + 2,
+            start_ticks: 7,
         }
     }
 
@@ -1093,6 +1124,7 @@ mod tests {
                 child: Some(ids(100).child),
                 user: Some("alice".into()),
                 ttys: vec![],
+                processes: vec![],
                 reason: "no session process with SSH_USER_AUTH".into(),
             }],
         };
@@ -1127,10 +1159,22 @@ mod tests {
             []
         );
         let actions = keeper.decide(&alice(), &revoked, &at(70), &s);
-        let [Action::End { session, why }] = &actions[..] else {
+        let [
+            Action::End {
+                session,
+                why,
+                processes,
+            },
+        ] = &actions[..]
+        else {
             panic!("{actions:?}")
         };
         assert_eq!(session, &ids(100));
+        assert_eq!(
+            processes,
+            &[shell(100)],
+            "the scan's session processes are hung up too"
+        );
         assert!(
             matches!(why, EndReason::Revoked { annotation } if annotation.starts_with("g.alice."))
         );
@@ -1371,6 +1415,7 @@ mod tests {
                 child: Some(ids(100).child),
                 user: Some("alice".into()),
                 ttys: vec![TTY],
+                processes: vec![shell(100)],
                 reason: "cannot open the auth file".into(),
             }],
         };

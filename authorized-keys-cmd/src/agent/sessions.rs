@@ -14,7 +14,18 @@
 //!                             SSH_CONNECTION="client_ip client_port server_ip server_port"
 //! ```
 //!
-//! (OpenSSH 10's `sshd-auth` exists only before authentication and is never a session.) With
+//! A root login has no post-auth child: sshd keeps no privilege separation for uid 0
+//! (`privsep_postauth`, "root login"), so the connection's own process, below the listener,
+//! is the session's, as seen with OpenSSH 9.2 (Debian 12):
+//!
+//! ```text
+//! sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups
+//!  \_ sshd: root@pts/0       uid 0: monitor and child at once (`root@notty`; `root` for ssh -N)
+//!      \_ sleep 600
+//! ```
+//!
+//! (Before authentication: `sshd: [accepted]` and `sshd: [net]`, `sshd: USER [preauth]`; OpenSSH
+//! 10's `sshd-auth` exists only then; none of these is ever taken for a session.) With
 //! `ExposeAuthInfo yes`, the post-auth child writes one line per completed authentication method
 //! to a `mkstemp` file in its `/tmp` (OpenSSH's `auth2_update_session_info`:
 //! `METHOD[/SUBMETHOD][ KEY][ INFO]\n`, e.g. `publickey ssh-ed25519 AAAA...`, with an sk key
@@ -25,8 +36,10 @@
 //! processes are identified by pid and start time; the file is read through the post-auth
 //! child's own root (`/proc/CHILD/root`), only at the exact path sshd makes, without following a
 //! symbolic link, only when it is a regular file of the login user (or root) whose last change
-//! (ctime, which no user can set) falls right after the child started, as sshd's own write does:
-//! a file rewritten later (to claim `password`, say) is reported, never believed. The caller
+//! (ctime, which no user can set) falls where sshd's own write does, after the child started
+//! and before its first session process did: a file rewritten later (to claim `password`, say)
+//! is reported, never believed (a command rewriting it within a second of starting is not
+//! caught: the starts are known to the second). The caller
 //! records what it attributed at first sight (see `enforce`), so later changes cannot undo an
 //! attribution either. Every session that cannot be read this way is returned as
 //! [`Unattributable`] with the reason, and is never acted on.
@@ -58,13 +71,9 @@ pub const MAX_AUTHORIZED_KEYS_LEN: u64 = 1024 * 1024;
 /// Largest `/proc/PID/environ` read.
 const MAX_ENVIRON_LEN: u64 = 256 * 1024;
 
-/// sshd writes the auth file right after the post-auth child starts (`do_authenticated`). Its
-/// last change must fall between the child's start minus this (the start is known to a clock
-/// tick, the boot time in `/proc/stat` to a second) ...
-pub const AUTH_FILE_EARLIEST: Duration = Duration::from_secs(2);
-
-/// ... and the child's start plus this (a loaded machine); a change later than that is a rewrite.
-pub const AUTH_FILE_LATEST: Duration = Duration::from_secs(10);
+/// How far a process start, dated from the boot time in `/proc/stat` (whole seconds) and clock
+/// ticks, may be off the auth file's change time, which the kernel keeps to the nanosecond.
+pub const AUTH_FILE_SLACK: Duration = Duration::from_secs(2);
 
 /// The files sshd reads by default (`AuthorizedKeysFile .ssh/authorized_keys .ssh/authorized_keys2`),
 /// relative to the login user's home.
@@ -160,6 +169,9 @@ pub struct SshSession {
     pub source: Option<SocketAddr>,
     /// Its pseudo-terminals (none for `ssh host command` without `-t`).
     pub ttys: Vec<Tty>,
+    /// Its session processes (everything below the post-auth child): ending the connection
+    /// hangs up a terminal's, but a command without one would outlive it.
+    pub processes: Vec<ProcId>,
     /// When the connection was authenticated (the monitor's start; wall clock).
     pub started_at: DateTime<Utc>,
 }
@@ -175,6 +187,8 @@ pub struct Unattributable {
     pub user: Option<String>,
     /// Its pseudo-terminals.
     pub ttys: Vec<Tty>,
+    /// Its session processes.
+    pub processes: Vec<ProcId>,
     /// Why it cannot be attributed.
     pub reason: String,
 }
@@ -332,14 +346,15 @@ pub fn monitor_title_user(title: &str) -> Option<&str> {
     (!user.is_empty() && !user.contains(char::is_whitespace)).then_some(user)
 }
 
-/// Whether `title` is a post-auth child's for `user`: `sshd: USER@pts/0`, `sshd: USER@notty`.
+/// Whether `title` is a post-auth child's for `user`: `sshd: USER@pts/0`, `sshd: USER@notty`,
+/// or, before any session (`ssh -N`), `sshd: USER`.
 pub fn is_child_title(title: &str, user: &str) -> bool {
     SSHD_PROGRAMS.iter().any(|p| {
         title
             .strip_prefix(p)
             .and_then(|r| r.strip_prefix(": "))
             .and_then(|r| r.strip_prefix(user))
-            .is_some_and(|r| r.starts_with('@'))
+            .is_some_and(|r| r.is_empty() || r.starts_with('@'))
     })
 }
 
@@ -469,18 +484,24 @@ pub fn parse_authorized_keys(text: &str) -> Vec<GrantKey> {
     keys
 }
 
-/// Whether the auth file's last change at `changed` fits sshd's write right after the post-auth
-/// child started at `child_started`.
+/// Whether the auth file's last change at `changed` is sshd's own write: after the post-auth
+/// child (for root, the connection's process) started, and before it started the first session
+/// process (`do_authenticated` writes the file before the server loop opens any session). Both
+/// starts are known to a second only ([`AUTH_FILE_SLACK`]).
 pub fn auth_file_written_at_login(
     changed: DateTime<Utc>,
     child_started: DateTime<Utc>,
+    first_session_process: DateTime<Utc>,
 ) -> Result<(), String> {
-    let earliest =
-        child_started - chrono::Duration::from_std(AUTH_FILE_EARLIEST).unwrap_or_default();
-    let latest = child_started + chrono::Duration::from_std(AUTH_FILE_LATEST).unwrap_or_default();
-    if changed < earliest || changed > latest {
+    let slack = chrono::Duration::from_std(AUTH_FILE_SLACK).unwrap_or_default();
+    if changed < child_started - slack {
         return Err(format!(
-            "the auth file was last changed at {changed}, not right after the session started at {child_started}: rewritten since, not trusted"
+            "the auth file was last changed at {changed}, before its sshd process started at {child_started}: not sshd's, not trusted"
+        ));
+    }
+    if changed > first_session_process + slack {
+        return Err(format!(
+            "the auth file was last changed at {changed}, after the session's first process started at {first_session_process}: rewritten since, not trusted"
         ));
     }
     Ok(())
@@ -545,7 +566,7 @@ fn read_title_and_exe(proc_root: &Path, proc: &Proc) -> Option<(String, PathBuf)
 fn read_auth_file(
     proc_root: &Path,
     child: &Proc,
-    child_started: DateTime<Utc>,
+    (child_started, first_session_process): (DateTime<Utc>, DateTime<Utc>),
     path: &str,
 ) -> Result<String, String> {
     if !is_auth_file_path(path) {
@@ -585,7 +606,7 @@ fn read_auth_file(
     let changed =
         DateTime::from_timestamp(meta.ctime(), u32::try_from(meta.ctime_nsec()).unwrap_or(0))
             .unwrap_or_default();
-    auth_file_written_at_login(changed, child_started)?;
+    auth_file_written_at_login(changed, child_started, first_session_process)?;
     let mut text = String::new();
     file.take(MAX_AUTH_FILE_LEN)
         .read_to_string(&mut text)
@@ -623,13 +644,81 @@ fn authorized_keys_of(proc_root: &Path, child_pid: i32, home: &Path) -> Vec<Gran
     keys
 }
 
+/// The process table, as read once.
+struct Table {
+    procs: BTreeMap<i32, Proc>,
+    children: BTreeMap<i32, Vec<i32>>,
+    btime: i64,
+    ticks_per_second: u64,
+}
+
+impl Table {
+    fn started(&self, p: &Proc) -> DateTime<Utc> {
+        start_time(self.btime, p.stat.start_ticks, self.ticks_per_second)
+    }
+
+    fn kids(&self, pid: i32) -> impl Iterator<Item = &Proc> {
+        self.children
+            .get(&pid)
+            .into_iter()
+            .flatten()
+            .filter_map(|pid| self.procs.get(pid))
+    }
+
+    /// Everything below `pid`.
+    fn below(&self, pid: i32) -> Vec<&Proc> {
+        let mut below = Vec::new();
+        let mut todo = vec![pid];
+        while let Some(pid) = todo.pop() {
+            for kid in self.kids(pid) {
+                below.push(kid);
+                todo.push(kid.stat.pid);
+            }
+        }
+        below
+    }
+}
+
+/// An sshd process of the connection, as found by its title.
+enum Found<'t> {
+    /// A privileged monitor and its one unprivileged post-auth child.
+    Privsep { monitor: &'t Proc, child: &'t Proc },
+    /// A root login: sshd runs no post-auth child for uid 0 (`privsep_postauth`: "root login"),
+    /// so the connection's own process, `sshd: root@pts/0` below the listener, is the session's.
+    Root(&'t Proc),
+}
+
+/// Whether `title` is a root login's connection process: `sshd: ROOT@pts/0`, `sshd: ROOT@notty`,
+/// or, before any session (`ssh -N`), `sshd: ROOT`.
+pub fn is_root_session_title(title: &str, root_name: &str) -> bool {
+    SSHD_PROGRAMS.iter().any(|p| {
+        title
+            .strip_prefix(p)
+            .and_then(|r| r.strip_prefix(": "))
+            .and_then(|r| r.strip_prefix(root_name))
+            .is_some_and(|r| r.is_empty() || r.starts_with('@'))
+    })
+}
+
 /// Scans a `/proc`-like tree (the real `/proc`, or a fake one in tests) for sshd sessions.
+///
+/// The users come from `passwd` ([`Passwd::read_system`]): reading it at each scan sees users
+/// added since the agent started.
 pub fn scan(proc_root: &Path, passwd: &Passwd) -> Scan {
-    let ticks_per_second = rustix::param::clock_ticks_per_second();
-    let btime = fs::read_to_string(proc_root.join("stat"))
+    let mut found = Scan::default();
+    let Some(btime) = fs::read_to_string(proc_root.join("stat"))
         .ok()
-        .and_then(|t| parse_btime(&t));
-    let mut procs: BTreeMap<i32, Proc> = BTreeMap::new();
+        .and_then(|t| parse_btime(&t))
+    else {
+        // Without the boot time no start can be dated, hence no auth file checked.
+        return found;
+    };
+    let mut table = Table {
+        procs: BTreeMap::new(),
+        children: BTreeMap::new(),
+        btime,
+        ticks_per_second: rustix::param::clock_ticks_per_second(),
+    };
     if let Ok(entries) = fs::read_dir(proc_root) {
         for entry in entries.flatten() {
             let Some(pid) = entry
@@ -640,196 +729,210 @@ pub fn scan(proc_root: &Path, passwd: &Passwd) -> Scan {
                 continue;
             };
             if let Some(proc) = read_proc(proc_root, pid) {
-                procs.insert(pid, proc);
+                table.procs.insert(pid, proc);
             }
         }
     }
-    let mut children: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-    for proc in procs.values() {
-        children
+    for proc in table.procs.values() {
+        table
+            .children
             .entry(proc.stat.ppid)
             .or_default()
             .push(proc.stat.pid);
     }
-    let mut found = Scan::default();
-    let Some(btime) = btime else {
-        // Without the boot time no start can be dated, hence no auth file checked.
-        return found;
-    };
-    let started = |p: &Proc| start_time(btime, p.stat.start_ticks, ticks_per_second);
-    for monitor in procs.values() {
-        if !SSHD_PROGRAMS.contains(&monitor.stat.comm.as_str()) || monitor.uids != [0; 4] {
+    let root_name = passwd.by_uid(0).map_or("root", |e| e.name.as_str());
+    let is_sshd = |p: &Proc| SSHD_PROGRAMS.contains(&p.stat.comm.as_str());
+    for proc in table.procs.values() {
+        if !is_sshd(proc) || proc.uids != [0; 4] {
             continue;
         }
-        let Some((title, exe)) = read_title_and_exe(proc_root, monitor) else {
-            continue;
-        };
-        let Some(title_user) = monitor_title_user(&title) else {
+        let Some((title, exe)) = read_title_and_exe(proc_root, proc) else {
             continue;
         };
         if !is_sshd_exe(&exe) {
             continue;
         }
-        let title_user = title_user.to_owned();
-        let mut unattributable = |child: Option<&Proc>, ttys: Vec<Tty>, reason: String| {
-            found.unattributable.push(Unattributable {
-                monitor: monitor.id(),
-                child: child.map(Proc::id),
-                user: Some(title_user.clone()),
-                ttys,
-                reason,
-            });
-        };
-        let post_auth: Vec<&Proc> = children
-            .get(&monitor.stat.pid)
-            .into_iter()
-            .flatten()
-            .filter_map(|pid| procs.get(pid))
-            .filter(|c| SSHD_PROGRAMS.contains(&c.stat.comm.as_str()))
-            .filter(|c| {
-                read_title_and_exe(proc_root, c)
-                    .is_some_and(|(t, e)| is_child_title(&t, &title_user) && is_sshd_exe(&e))
-            })
-            .collect();
-        let child = match post_auth[..] {
-            [child] => child,
-            [] => {
-                unattributable(None, Vec::new(), "no post-auth sshd child (yet)".into());
-                continue;
-            }
-            _ => {
-                unattributable(None, Vec::new(), "several post-auth sshd children".into());
-                continue;
-            }
-        };
-        let uid = child.uids[0];
-        if child.uids.iter().any(|&u| u != uid) {
-            unattributable(
-                Some(child),
-                Vec::new(),
-                "the post-auth child's uids differ".into(),
-            );
-            continue;
-        }
-        let Some(entry) = passwd.by_uid(uid) else {
-            unattributable(
-                Some(child),
-                Vec::new(),
-                format!("uid {uid} is not in /etc/passwd"),
-            );
-            continue;
-        };
-        if entry.name != title_user {
-            unattributable(
-                Some(child),
-                Vec::new(),
-                format!(
-                    "uid {uid} is {} in /etc/passwd, the title says {title_user}",
-                    entry.name
+        let (title_user, form) = if let Some(user) = monitor_title_user(&title) {
+            let user = user.to_owned();
+            let post_auth: Vec<&Proc> = table
+                .kids(proc.stat.pid)
+                .filter(|c| is_sshd(c))
+                .filter(|c| {
+                    read_title_and_exe(proc_root, c)
+                        .is_some_and(|(t, e)| is_child_title(&t, &user) && is_sshd_exe(&e))
+                })
+                .collect();
+            match post_auth[..] {
+                [child] => (
+                    user,
+                    Found::Privsep {
+                        monitor: proc,
+                        child,
+                    },
                 ),
-            );
+                [] => {
+                    found.unattributable.push(Unattributable {
+                        monitor: proc.id(),
+                        child: None,
+                        user: Some(user),
+                        ttys: Vec::new(),
+                        processes: Vec::new(),
+                        reason: "no post-auth sshd child (yet)".into(),
+                    });
+                    continue;
+                }
+                _ => {
+                    found.unattributable.push(Unattributable {
+                        monitor: proc.id(),
+                        child: None,
+                        user: Some(user),
+                        ttys: Vec::new(),
+                        processes: Vec::new(),
+                        reason: "several post-auth sshd children".into(),
+                    });
+                    continue;
+                }
+            }
+        } else if is_root_session_title(&title, root_name) {
+            // Below the listener (an sshd that is no session itself), never below a monitor.
+            let parent_is_listener = table.procs.get(&proc.stat.ppid).is_some_and(|parent| {
+                is_sshd(parent)
+                    && read_title_and_exe(proc_root, parent).is_some_and(|(t, e)| {
+                        is_sshd_exe(&e)
+                            && monitor_title_user(&t).is_none()
+                            && !is_root_session_title(&t, root_name)
+                    })
+            });
+            if !parent_is_listener {
+                continue;
+            }
+            (root_name.to_owned(), Found::Root(proc))
+        } else {
             continue;
-        }
-        // The session's processes: everything below the post-auth child.
-        let mut below = Vec::new();
-        let mut todo = vec![child.stat.pid];
-        while let Some(pid) = todo.pop() {
-            for &kid in children.get(&pid).into_iter().flatten() {
-                if let Some(p) = procs.get(&kid) {
-                    below.push(p);
-                    todo.push(kid);
-                }
-            }
-        }
-        let ttys: Vec<Tty> = below
-            .iter()
-            .filter_map(|p| Tty::from_tty_nr(p.stat.tty_nr))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let mut envs: Vec<SessionEnv> = Vec::new();
-        for p in &below {
-            let path = proc_root.join(p.stat.pid.to_string()).join("environ");
-            if let Some(environ) = read_limited(&path, MAX_ENVIRON_LEN) {
-                let env = parse_environ(&environ);
-                if env.user_auth.is_some() {
-                    envs.push(env);
-                }
-            }
-        }
-        let paths: BTreeSet<&str> = envs.iter().filter_map(|e| e.user_auth.as_deref()).collect();
-        if paths.is_empty() {
-            unattributable(
-                Some(child),
-                ttys,
-                "no session process with SSH_USER_AUTH (ssh -N, or ExposeAuthInfo is off)".into(),
-            );
-            continue;
-        }
-        let child_started = started(child);
-        let mut readings: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-        let mut errors = Vec::new();
-        for path in &paths {
-            match read_auth_file(proc_root, child, child_started, path) {
-                Ok(text) => readings.entry(text).or_default().push(path),
-                Err(e) => errors.push(e),
-            }
-        }
-        let text = match readings.len() {
-            1 => readings.into_keys().next().unwrap_or_default(),
-            0 => {
-                unattributable(Some(child), ttys, errors.join("; "));
-                continue;
-            }
-            _ => {
-                unattributable(
-                    Some(child),
-                    ttys,
-                    format!("the session's processes name differing auth files: {paths:?}"),
-                );
-                continue;
-            }
         };
-        let mut methods = match parse_auth_info(&text) {
-            Ok(methods) => methods,
-            Err(e) => {
-                unattributable(Some(child), ttys, format!("malformed auth file: {e}"));
-                continue;
-            }
-        };
-        if methods
-            .iter()
-            .any(|m| matches!(m, AuthMethod::Publickey { .. }))
-        {
-            let listed = authorized_keys_of(proc_root, child.stat.pid, &entry.home);
-            for method in &mut methods {
-                if let AuthMethod::Publickey {
-                    key,
-                    in_authorized_keys,
-                } = method
-                {
-                    *in_authorized_keys = listed.iter().any(|k| k.same_key(key));
-                }
-            }
+        match examine(proc_root, passwd, &table, &title_user, &form) {
+            Ok(session) => found.sessions.push(session),
+            Err(u) => found.unattributable.push(*u),
         }
-        let source = envs
-            .iter()
-            .filter_map(|e| e.connection.as_deref())
-            .find_map(parse_ssh_connection);
-        found.sessions.push(SshSession {
-            ids: SessionIds {
-                monitor: monitor.id(),
-                child: child.id(),
-            },
-            uid,
-            user: entry.name.clone(),
-            methods,
-            source,
-            ttys,
-            started_at: started(monitor),
-        });
     }
     found
+}
+
+/// How one connection authenticated, from its session processes' auth file.
+fn examine(
+    proc_root: &Path,
+    passwd: &Passwd,
+    table: &Table,
+    title_user: &str,
+    form: &Found<'_>,
+) -> Result<SshSession, Box<Unattributable>> {
+    let (monitor, child) = match form {
+        Found::Privsep { monitor, child } => (*monitor, *child),
+        Found::Root(proc) => (*proc, *proc),
+    };
+    let below = table.below(child.stat.pid);
+    let ttys: Vec<Tty> = below
+        .iter()
+        .filter_map(|p| Tty::from_tty_nr(p.stat.tty_nr))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let unattributable = |reason: String| {
+        Box::new(Unattributable {
+            monitor: monitor.id(),
+            child: Some(child.id()),
+            user: Some(title_user.to_owned()),
+            ttys: ttys.clone(),
+            processes: below.iter().map(|p| p.id()).collect(),
+            reason,
+        })
+    };
+    let uid = child.uids[0];
+    if child.uids.iter().any(|&u| u != uid) {
+        return Err(unattributable("the post-auth child's uids differ".into()));
+    }
+    let entry = passwd
+        .by_uid(uid)
+        .ok_or_else(|| unattributable(format!("uid {uid} is not in /etc/passwd")))?;
+    if entry.name != title_user {
+        return Err(unattributable(format!(
+            "uid {uid} is {} in /etc/passwd, the title says {title_user}",
+            entry.name
+        )));
+    }
+    let mut envs: Vec<SessionEnv> = Vec::new();
+    for p in &below {
+        let path = proc_root.join(p.stat.pid.to_string()).join("environ");
+        if let Some(environ) = read_limited(&path, MAX_ENVIRON_LEN) {
+            let env = parse_environ(&environ);
+            if env.user_auth.is_some() {
+                envs.push(env);
+            }
+        }
+    }
+    let paths: BTreeSet<&str> = envs.iter().filter_map(|e| e.user_auth.as_deref()).collect();
+    let Some(first_started) = below.iter().map(|p| table.started(p)).min() else {
+        return Err(unattributable(
+            "no session process (ssh -N, or not started yet)".into(),
+        ));
+    };
+    if paths.is_empty() {
+        return Err(unattributable(
+            "no session process with SSH_USER_AUTH (ExposeAuthInfo is off?)".into(),
+        ));
+    }
+    let window = (table.started(child), first_started);
+    let mut readings: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for path in &paths {
+        match read_auth_file(proc_root, child, window, path) {
+            Ok(text) => readings.entry(text).or_default().push(path),
+            Err(e) => errors.push(e),
+        }
+    }
+    let text = match readings.len() {
+        1 => readings.into_keys().next().unwrap_or_default(),
+        0 => return Err(unattributable(errors.join("; "))),
+        _ => {
+            return Err(unattributable(format!(
+                "the session's processes name differing auth files: {paths:?}"
+            )));
+        }
+    };
+    let mut methods =
+        parse_auth_info(&text).map_err(|e| unattributable(format!("malformed auth file: {e}")))?;
+    if methods
+        .iter()
+        .any(|m| matches!(m, AuthMethod::Publickey { .. }))
+    {
+        let listed = authorized_keys_of(proc_root, child.stat.pid, &entry.home);
+        for method in &mut methods {
+            if let AuthMethod::Publickey {
+                key,
+                in_authorized_keys,
+            } = method
+            {
+                *in_authorized_keys = listed.iter().any(|k| k.same_key(key));
+            }
+        }
+    }
+    let source = envs
+        .iter()
+        .filter_map(|e| e.connection.as_deref())
+        .find_map(parse_ssh_connection);
+    Ok(SshSession {
+        ids: SessionIds {
+            monitor: monitor.id(),
+            child: child.id(),
+        },
+        uid,
+        user: entry.name.clone(),
+        methods,
+        source,
+        ttys,
+        processes: below.iter().map(|p| p.id()).collect(),
+        started_at: table.started(monitor),
+    })
 }
 
 #[cfg(test)]
@@ -1139,6 +1242,8 @@ mod tests {
                 minor: 3
             }]
         );
+        let below: Vec<i32> = s.processes.iter().map(|p| p.pid).collect();
+        assert_eq!(below, [102, 103], "the shell and its command");
         let age = Utc::now() - s.started_at;
         assert!(
             age >= chrono::Duration::zero() && age < chrono::Duration::seconds(3),
@@ -1250,6 +1355,128 @@ mod tests {
     }
 
     #[test]
+    fn a_root_login_is_the_connections_own_process_below_the_listener() {
+        let fake = Fake::new("root");
+        let now = fake.now_ticks;
+        let listener = "sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups";
+        let auth = fake.auth_file("sshauth.AAAAAAAAAAAAAAA", &format!("publickey {KEY_A}\n"));
+        let env: &[(&str, &str)] = &[
+            ("SSH_USER_AUTH", &auth),
+            ("SSH_CONNECTION", "192.0.2.7 51234 192.0.2.1 22"),
+        ];
+        fake.add(P {
+            pid: 50,
+            comm: "sshd",
+            ppid: 1,
+            tty_nr: 0,
+            start_ticks: 10,
+            uid: 0,
+            title: listener,
+            exe: "/usr/sbin/sshd",
+            env: &[],
+        });
+        fake.add(P {
+            pid: 60,
+            comm: "sshd",
+            ppid: 50,
+            tty_nr: 0,
+            start_ticks: now - 100,
+            uid: 0,
+            title: "sshd: root@pts/1",
+            exe: "/usr/sbin/sshd",
+            env: &[],
+        });
+        fake.add(P {
+            pid: 61,
+            comm: "bash",
+            ppid: 60,
+            tty_nr: pts(1),
+            start_ticks: now,
+            uid: 0,
+            title: "-bash",
+            exe: "/usr/bin/bash",
+            env,
+        });
+        // ssh -N as root: the connection's process, titled with the bare name, nothing below.
+        fake.add(P {
+            pid: 70,
+            comm: "sshd",
+            ppid: 50,
+            tty_nr: 0,
+            start_ticks: now,
+            uid: 0,
+            title: "sshd: root",
+            exe: "/usr/sbin/sshd",
+            env: &[],
+        });
+        // Not below the listener: a root process titled like a session, started by someone else.
+        fake.add(P {
+            pid: 80,
+            comm: "sshd",
+            ppid: 1,
+            tty_nr: 0,
+            start_ticks: now,
+            uid: 0,
+            title: "sshd: root@pts/2",
+            exe: "/usr/sbin/sshd",
+            env: &[],
+        });
+        let passwd = Passwd::parse("root:x:0:0:root:/root:/bin/bash\n");
+        let scan = scan(&fake.proc_root(), &passwd);
+        let me = crate::perms::effective_uid();
+        if me == 0 {
+            let [s] = &scan.sessions[..] else {
+                panic!("{scan:#?}")
+            };
+            let id = ProcId {
+                pid: 60,
+                start_ticks: now - 100,
+            };
+            assert_eq!(
+                s.ids,
+                SessionIds {
+                    monitor: id,
+                    child: id
+                }
+            );
+            assert_eq!((s.uid, s.user.as_str()), (0, "root"));
+            assert_eq!(
+                s.ttys,
+                [Tty {
+                    index: 1,
+                    major: 136,
+                    minor: 1
+                }]
+            );
+            assert!(matches!(&s.methods[..], [AuthMethod::Publickey { .. }]));
+        } else {
+            // The fake auth file is this user's, not root's.
+            assert!(
+                reason_of(&scan, 60).contains(&format!("owned by uid {me}")),
+                "{scan:#?}"
+            );
+        }
+        assert!(
+            reason_of(&scan, 70).contains("no session process"),
+            "{scan:#?}"
+        );
+        assert!(
+            !scan.has_monitor(&ProcId {
+                pid: 80,
+                start_ticks: now
+            }),
+            "{scan:#?}"
+        );
+        assert!(
+            !scan.has_monitor(&ProcId {
+                pid: 50,
+                start_ticks: 10
+            }),
+            "the listener is no session"
+        );
+    }
+
+    #[test]
     fn a_user_unknown_to_passwd_or_another_name_is_unattributable() {
         let fake = Fake::new("passwd");
         let now = fake.now_ticks;
@@ -1331,6 +1558,12 @@ mod tests {
         );
         assert!(is_child_title("sshd: alice@pts/0", "alice"));
         assert!(is_child_title("sshd-session: alice@notty", "alice"));
+        assert!(is_child_title("sshd: alice", "alice"), "ssh -N");
+        assert!(is_root_session_title("sshd: root@pts/0", "root"));
+        assert!(is_root_session_title("sshd: root", "root"));
+        assert!(!is_root_session_title("sshd: root [priv]", "root"));
+        assert!(!is_root_session_title("sshd: [accepted]", "root"));
+        assert!(!is_root_session_title("sshd: rootx@pts/0", "root"));
         assert!(!is_child_title("sshd: alicex@pts/0", "alice"));
         assert!(!is_child_title("sshd: alice [priv]", "alice"));
         assert!(is_sshd_exe(Path::new("/usr/sbin/sshd")));
@@ -1462,11 +1695,17 @@ mod tests {
     fn auth_file_time_window() {
         let start = DateTime::from_timestamp(1_764_600_000, 0).unwrap();
         let at = |s: i64| start + chrono::Duration::seconds(s);
-        assert!(auth_file_written_at_login(at(0), start).is_ok());
-        assert!(auth_file_written_at_login(at(-2), start).is_ok());
-        assert!(auth_file_written_at_login(at(10), start).is_ok());
-        assert!(auth_file_written_at_login(at(-3), start).is_err());
-        assert!(auth_file_written_at_login(at(11), start).is_err());
+        // The child started at 0, the shell at 30 (a root login: authentication took a while).
+        let check = |changed: i64| auth_file_written_at_login(at(changed), start, at(30));
+        for ok in [-2, 0, 15, 30, 32] {
+            assert!(check(ok).is_ok(), "{ok}");
+        }
+        assert!(
+            check(-3)
+                .unwrap_err()
+                .contains("before its sshd process started")
+        );
+        assert!(check(33).unwrap_err().contains("rewritten since"));
     }
 
     #[test]
