@@ -349,6 +349,15 @@ impl Who {
         }
     }
 
+    /// Whether it is a node's identity: the group `system:nodes` or a user `system:node:NAME`.
+    pub fn is_node(&self) -> bool {
+        match self {
+            Who::Group { name } => name == NODES_GROUP,
+            Who::User { name } => name.starts_with("system:node:"),
+            Who::ServiceAccount { .. } => false,
+        }
+    }
+
     /// Who else a group stands for, when its name says so.
     pub fn note(&self) -> Option<String> {
         let Who::Group { name } = self else {
@@ -683,7 +692,10 @@ pub fn standing(holder: &Holder, write: &NodeWrite, guard_in_force: bool) -> Sta
         .write_grants
         .as_ref()
         .is_some_and(|grants| grants.covers(&write.reach));
-    if granter {
+    // The guard refuses grant changes by any node's credential, whatever it holds.
+    if guard_in_force && holder.who.is_node() {
+        Standing::HeldBack
+    } else if granter {
         Standing::Granter
     } else if guard_in_force {
         Standing::HeldBack
@@ -1293,6 +1305,37 @@ mod tests {
                 &Through::NodeAuthorizer
             )
             .is_some()
+        );
+    }
+
+    #[test]
+    fn under_the_guard_a_node_is_held_back_even_with_the_grant_permission() {
+        let roles = [role("everything", &[], vec![rule(&["*"], &["*"], &["*"])])];
+        let bindings = [binding(
+            "nodes-everything",
+            "everything",
+            vec![
+                subject("User", "system:node:n1", None),
+                subject("User", "root", None),
+            ],
+        )];
+        let (holders, _) = node_writers(&roles, &bindings);
+        let node = holders
+            .iter()
+            .find(|h| h.who == user("system:node:n1"))
+            .unwrap();
+        assert_eq!(
+            standing(node, &node.node_writes[0], false),
+            Standing::Granter
+        );
+        assert_eq!(
+            standing(node, &node.node_writes[0], true),
+            Standing::HeldBack
+        );
+        let root = holders.iter().find(|h| h.who == user("root")).unwrap();
+        assert_eq!(
+            standing(root, &root.node_writes[0], true),
+            Standing::Granter
         );
     }
 
