@@ -11,8 +11,10 @@
 //! `publickey` methods (`AuthenticationMethods publickey,publickey`) sshd needed all of them,
 //! so the session is attributed to every granted one, and ends when the first of those grants
 //! ends; a key that is neither granted nor in `authorized_keys` (its grant went before the
-//! first scan) is not followed. Everything else is left alone, said once per session
-//! ([`Action::Ignore`]): other methods, other keys, unattributable sessions.
+//! first scan) is not followed. A grant seen in an earlier view and revoked since counts too,
+//! for a session that logged in before it went ([`REVOKED_MEMORY`]): a revocation within a
+//! scan interval of the login still ends the session. Everything else is left alone, said once
+//! per session ([`Action::Ignore`]): other methods, other keys, unattributable sessions.
 //!
 //! An attributed session is recorded, and from then on judged by its record, not by what its
 //! (user-writable) auth file says any more. Its end:
@@ -327,6 +329,19 @@ pub struct SessionKeeper {
     /// Sessions left alone, with the reason last given, so each is said once (and again only
     /// when the reason changes, e.g. `ssh -N` that later opens a shell).
     ignored: BTreeMap<ProcId, String>,
+    /// The grants of the last view.
+    seen: Vec<Grant>,
+    /// Grants that left the view, and when that was noticed (for [`REVOKED_MEMORY`]).
+    gone: Vec<(Grant, DateTime<Utc>)>,
+}
+
+/// How long a revoked grant is remembered: a session that logged in with it before it went,
+/// but was first scanned after (revoked within a scan interval of the login), is still its
+/// grant's, and is ended.
+pub const REVOKED_MEMORY: Duration = Duration::from_secs(3600);
+
+fn same_grant(a: &Grant, b: &Grant) -> bool {
+    a.user == b.user && a.key.same_key(&b.key)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -416,7 +431,11 @@ pub fn reprieve_text(record: &Record, settings: &SessionSettings) -> String {
 }
 
 /// Attributes a session to the grants in view, or says why it is not a grant's.
-fn attribute(session: &SshSession, view: &GrantView) -> Result<(LoginUser, Vec<GrantRef>), String> {
+fn attribute(
+    session: &SshSession,
+    view: &GrantView,
+    gone: &[(Grant, DateTime<Utc>)],
+) -> Result<(LoginUser, Vec<GrantRef>), String> {
     let user =
         LoginUser::new(&session.user).map_err(|e| format!("login user cannot hold grants: {e}"))?;
     let mut grants = Vec::new();
@@ -431,9 +450,14 @@ fn attribute(session: &SshSession, view: &GrantView) -> Result<(LoginUser, Vec<G
                 key.fingerprint()
             )),
             AuthMethod::Publickey { key, .. } => {
+                let revoked_since_login = gone
+                    .iter()
+                    .filter(|(_, removed)| session.started_at < *removed)
+                    .map(|(g, _)| g);
                 match view
                     .grants
                     .iter()
+                    .chain(revoked_since_login)
                     .find(|g| g.user == user && g.key.same_key(key))
                 {
                     Some(grant) => grants.push(GrantRef::of(grant)),
@@ -637,13 +661,25 @@ impl SessionKeeper {
         }
         self.ignored.retain(|m, _| scan.has_monitor(m));
 
+        // Grants that went since the last view are remembered for a while; one back is not gone.
+        for g in &self.seen {
+            if !view.grants.iter().any(|v| same_grant(v, g)) {
+                self.gone.push((g.clone(), now));
+            }
+        }
+        let memory = chrono::Duration::from_std(REVOKED_MEMORY).unwrap_or_default();
+        self.gone.retain(|(g, removed)| {
+            *removed + memory > now && !view.grants.iter().any(|v| same_grant(v, g))
+        });
+        self.seen.clone_from(&view.grants);
+
         // New sessions: attributed to a grant, or left alone (said once per reason).
         for session in &scan.sessions {
             let monitor = session.ids.monitor;
             if self.records.contains_key(&monitor) {
                 continue;
             }
-            match attribute(session, view) {
+            match attribute(session, view, &self.gone) {
                 Ok((user, grants)) => {
                     self.ignored.remove(&monitor);
                     let record = Record {
@@ -1530,5 +1566,35 @@ mod tests {
         let problems = restored.restore_json("{\"oops\"", &at(30));
         assert!(problems[0].contains("not a JSON list"), "{problems:?}");
         assert_eq!(restored.records().count(), 0);
+    }
+
+    #[test]
+    fn a_session_first_seen_after_its_grant_went_is_still_ended() {
+        let s = settings();
+        let granted = view(vec![grant("alice", KEY_A, expires(7200))]);
+        let mut keeper = SessionKeeper::default();
+        // The grant is seen, then revoked before the first scan that shows the session.
+        assert_eq!(keeper.decide(&scan(vec![]), &granted, &at(0), &s), []);
+        let actions = keeper.decide(&alice(), &view(vec![]), &at(5), &s);
+        assert_eq!(kinds(&actions), ["login", "warn"], "{actions:?}");
+        assert!(warn_text(&actions).contains("was revoked"));
+        // A login after the revocation was not through that grant: left alone.
+        let mut keeper = SessionKeeper::default();
+        keeper.decide(&scan(vec![]), &granted, &at(0), &s);
+        keeper.decide(&scan(vec![]), &view(vec![]), &at(5), &s);
+        let mut later = alice();
+        later.sessions[0].started_at = t0() + chrono::Duration::seconds(6);
+        let actions = keeper.decide(&later, &view(vec![]), &at(7), &s);
+        assert!(
+            ignore_why(&actions).contains("has no grant for alice"),
+            "{actions:?}"
+        );
+        // Forgotten after REVOKED_MEMORY.
+        let mut keeper = SessionKeeper::default();
+        keeper.decide(&scan(vec![]), &granted, &at(0), &s);
+        keeper.decide(&scan(vec![]), &view(vec![]), &at(5), &s);
+        let hour = i64::try_from(REVOKED_MEMORY.as_secs()).unwrap();
+        let actions = keeper.decide(&alice(), &view(vec![]), &at(5 + hour), &s);
+        assert_eq!(kinds(&actions), ["ignore"], "{actions:?}");
     }
 }
