@@ -728,6 +728,10 @@ pub fn scan(proc_root: &Path, passwd: &Passwd) -> Scan {
             else {
                 continue;
             };
+            // init is never a session, and is left entirely alone.
+            if pid == 1 {
+                continue;
+            }
             if let Some(proc) = read_proc(proc_root, pid) {
                 table.procs.insert(pid, proc);
             }
@@ -794,15 +798,18 @@ pub fn scan(proc_root: &Path, passwd: &Passwd) -> Scan {
                 }
             }
         } else if is_root_session_title(&title, root_name) {
-            // Below the listener (an sshd that is no session itself), never below a monitor.
-            let parent_is_listener = table.procs.get(&proc.stat.ppid).is_some_and(|parent| {
-                is_sshd(parent)
-                    && read_title_and_exe(proc_root, parent).is_some_and(|(t, e)| {
-                        is_sshd_exe(&e)
-                            && monitor_title_user(&t).is_none()
-                            && !is_root_session_title(&t, root_name)
-                    })
-            });
+            // Below the listener (an sshd that is no session itself), never below a monitor; or
+            // started by init itself, as systemd's socket activation with `Accept=yes` runs
+            // `sshd -i` for each connection (Flatcar, Fedora CoreOS).
+            let parent_is_listener = proc.stat.ppid == 1
+                || table.procs.get(&proc.stat.ppid).is_some_and(|parent| {
+                    is_sshd(parent)
+                        && read_title_and_exe(proc_root, parent).is_some_and(|(t, e)| {
+                            is_sshd_exe(&e)
+                                && monitor_title_user(&t).is_none()
+                                && !is_root_session_title(&t, root_name)
+                        })
+                });
             if !parent_is_listener {
                 continue;
             }
@@ -1409,11 +1416,46 @@ mod tests {
             exe: "/usr/sbin/sshd",
             env: &[],
         });
-        // Not below the listener: a root process titled like a session, started by someone else.
+        // init is never looked at, whatever it looks like.
+        fake.add(P {
+            pid: 1,
+            comm: "sshd",
+            ppid: 0,
+            tty_nr: 0,
+            start_ticks: 1,
+            uid: 0,
+            title: "sshd: root",
+            exe: "/usr/sbin/sshd",
+            env: &[],
+        });
+        // Socket-activated `sshd -i` (systemd Accept=yes): started by init, an ssh -N login.
+        fake.add(P {
+            pid: 90,
+            comm: "sshd",
+            ppid: 1,
+            tty_nr: 0,
+            start_ticks: now,
+            uid: 0,
+            title: "sshd: root",
+            exe: "/usr/sbin/sshd",
+            env: &[],
+        });
+        // Not below the listener: a root process titled like a session, started by a shell.
+        fake.add(P {
+            pid: 79,
+            comm: "bash",
+            ppid: 1,
+            tty_nr: 0,
+            start_ticks: now,
+            uid: 0,
+            title: "bash",
+            exe: "/usr/bin/bash",
+            env: &[],
+        });
         fake.add(P {
             pid: 80,
             comm: "sshd",
-            ppid: 1,
+            ppid: 79,
             tty_nr: 0,
             start_ticks: now,
             uid: 0,
@@ -1458,6 +1500,17 @@ mod tests {
         }
         assert!(
             reason_of(&scan, 70).contains("no session process"),
+            "{scan:#?}"
+        );
+        assert!(
+            reason_of(&scan, 90).contains("no session process"),
+            "{scan:#?}"
+        );
+        assert!(
+            !scan.has_monitor(&ProcId {
+                pid: 1,
+                start_ticks: 1
+            }),
             "{scan:#?}"
         );
         assert!(
