@@ -421,13 +421,29 @@ impl Cache {
                 "INSERT OR REPLACE INTO node_grants
                    (node, prefix, annotations, fetched_at_ms, boot_id, boot_ms, credentials)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![node.as_str(), prefix.as_str(), text, wall_ms, boot_id, boot_ms, row.credentials],
+                params![
+                    node.as_str(),
+                    prefix.as_str(),
+                    text,
+                    wall_ms,
+                    boot_id,
+                    boot_ms,
+                    row.credentials
+                ],
             )?;
             tx.execute(
                 "DELETE FROM api_failures WHERE node = ?1 AND prefix = ?2",
                 params![node.as_str(), prefix.as_str()],
             )?;
-            confirm(&tx, node, prefix, wall_ms, boot_id, boot_ms, &row.credentials)?;
+            confirm(
+                &tx,
+                node,
+                prefix,
+                wall_ms,
+                boot_id,
+                boot_ms,
+                &row.credentials,
+            )?;
             tx.commit()
         })
     }
@@ -549,7 +565,14 @@ fn confirm(
         "INSERT OR REPLACE INTO watch_confirmations
            (node, prefix, confirmed_at_ms, boot_id, boot_ms, credentials)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![node.as_str(), prefix.as_str(), wall_ms, boot_id, boot_ms, credentials],
+        params![
+            node.as_str(),
+            prefix.as_str(),
+            wall_ms,
+            boot_id,
+            boot_ms,
+            credentials
+        ],
     )
 }
 
@@ -673,10 +696,35 @@ pub fn inspect(path: &Path) -> Result<Inspection, InspectError> {
             })?
             .collect()
         })?;
+    let has_confirmations = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'watch_confirmations'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? > 0;
+    let confirmation = |node: &str, prefix: &str| -> Option<Stamp> {
+        if !has_confirmations {
+            return None;
+        }
+        conn.query_row(
+            "SELECT confirmed_at_ms, boot_id, boot_ms FROM watch_confirmations
+             WHERE node = ?1 AND prefix = ?2",
+            params![node, prefix],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            },
+        )
+        .ok()
+        .and_then(|(wall_ms, boot_id, boot_ms)| stamp_from_row(wall_ms, boot_id, boot_ms))
+    };
     let owner = fs::metadata(path).map(|m| m.uid()).unwrap_or(u32::MAX);
     let entries = rows
         .into_iter()
         .map(|(node, prefix, wall_ms, boot_id, boot_ms)| InspectedRow {
+            watch_confirmed: confirmation(&node, &prefix),
             node,
             prefix,
             stamp: stamp_from_row(wall_ms, boot_id, boot_ms),
@@ -730,6 +778,9 @@ pub struct InspectedRow {
     pub prefix: String,
     /// When it was read; `None` if the row holds an impossible time.
     pub stamp: Option<Stamp>,
+    /// When `nodegate-agent` last confirmed its watch of it, if it ever did (and the file has
+    /// the table: version 3).
+    pub watch_confirmed: Option<Stamp>,
 }
 
 /// Opens the file without following a symbolic link (creating it readable and writable by this
@@ -1042,9 +1093,15 @@ mod tests {
             .unwrap();
         }
         let mut cache = Cache::open(&path, Duration::from_millis(100)).unwrap();
-        assert!(cache.take_replacements().is_empty(), "migrated, not replaced");
+        assert!(
+            cache.take_replacements().is_empty(),
+            "migrated, not replaced"
+        );
         let p = AnnotationPrefix::default();
-        assert_eq!(cache.load(&node(), &p).unwrap().unwrap().annotations.len(), 1);
+        assert_eq!(
+            cache.load(&node(), &p).unwrap().unwrap().annotations.len(),
+            1
+        );
         assert_eq!(cache.watch_confirmation(&node(), &p).unwrap(), None);
     }
 
@@ -1054,7 +1111,9 @@ mod tests {
         let path = dir.0.join("c.sqlite");
         let mut cache = Cache::open(&path, Duration::from_millis(100)).unwrap();
         let p = AnnotationPrefix::default();
-        cache.store(&node(), &p, &row(9000, "2026-12-01T00:00:09Z", "old")).unwrap();
+        cache
+            .store(&node(), &p, &row(9000, "2026-12-01T00:00:09Z", "old"))
+            .unwrap();
         cache
             .record_failure(
                 &node(),
@@ -1081,7 +1140,11 @@ mod tests {
         assert_eq!(cache.watch_confirmation(&node(), &p).unwrap(), Some(later));
         cache.withdraw_watch(&node(), &p).unwrap();
         assert_eq!(cache.watch_confirmation(&node(), &p).unwrap(), None);
-        assert_eq!(cache.load(&node(), &p).unwrap(), Some(watched), "the row stays");
+        assert_eq!(
+            cache.load(&node(), &p).unwrap(),
+            Some(watched),
+            "the row stays"
+        );
     }
 
     #[test]
@@ -1092,7 +1155,10 @@ mod tests {
         let p = AnnotationPrefix::default();
         assert_eq!(cache.session_records(&node(), &p).unwrap(), None);
         cache.store_session_records(&node(), &p, "[]").unwrap();
-        assert_eq!(cache.session_records(&node(), &p).unwrap().as_deref(), Some("[]"));
+        assert_eq!(
+            cache.session_records(&node(), &p).unwrap().as_deref(),
+            Some("[]")
+        );
         let huge = "x".repeat(MAX_RECORDS_LEN + 1);
         cache.store_session_records(&node(), &p, &huge).unwrap();
         assert_eq!(cache.session_records(&node(), &p).unwrap(), None);

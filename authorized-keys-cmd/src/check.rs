@@ -385,6 +385,26 @@ fn check_cache(report: &mut Report, settings: &Settings) {
             ));
             let now = Moment::now();
             for entry in entries {
+                let watched = entry
+                    .watch_confirmed
+                    .as_ref()
+                    .map(|c| crate::policy::row_age(c, &now));
+                match watched {
+                    Some(crate::policy::RowAge::Measured(ago)) if ago < settings.freshness => {
+                        report.ok(format!(
+                            "Node {} ({}): nodegate-agent's watch is live (confirmed {:.1}s ago): logins are answered from the cache, and a revoke applies to them within about a second",
+                            entry.node,
+                            entry.prefix,
+                            ago.as_secs_f64()
+                        ));
+                    }
+                    _ => report.ok(format!(
+                        "Node {} ({}): no live nodegate-agent watch (stopped, not installed, or without the API): logins ask the API themselves, a revoke applies within the freshness window ({})",
+                        entry.node,
+                        entry.prefix,
+                        humantime::format_duration(settings.freshness)
+                    )),
+                }
                 let Some(stamp) = entry.stamp else {
                     report.warn(
                         format!(
