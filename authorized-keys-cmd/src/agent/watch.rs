@@ -141,7 +141,11 @@ fn bad(reason: impl Into<String>) -> ApiError {
 /// (etcd revisions are decimal), short, so that nothing can be smuggled into the query.
 fn checked_resource_version(rv: Option<String>) -> Result<String, ApiError> {
     match rv {
-        Some(rv) if !rv.is_empty() && rv.len() <= 64 && rv.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+        Some(rv)
+            if !rv.is_empty()
+                && rv.len() <= 64
+                && rv.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
             Ok(rv)
         }
         other => Err(bad(format!("unusable resourceVersion {other:?}"))),
@@ -259,13 +263,7 @@ pub fn run(settings: &Settings, news: &Sender<WatchNews>) {
             Err(RoundEnd::Failed(reason)) => reason,
         };
         let retry_in = backoff.next_wait(random());
-        if news
-            .send(WatchNews::Down {
-                reason,
-                retry_in,
-            })
-            .is_err()
-        {
+        if news.send(WatchNews::Down { reason, retry_in }).is_err() {
             return;
         }
         std::thread::sleep(retry_in);
@@ -284,9 +282,10 @@ fn request(
     credentials: &NodeCredentials,
     url: &str,
 ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
-    let mut request = agent
-        .get(url)
-        .header("Accept", "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json");
+    let mut request = agent.get(url).header(
+        "Accept",
+        "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json",
+    );
     if let ClientAuth::Token(token) = &credentials.client {
         request = request.header("Authorization", format!("Bearer {token}"));
     }
@@ -375,8 +374,13 @@ fn one_round(
         resource_version,
         seconds
     );
-    let transport =
-        |e: ureq::Error| failed(&api::transport_error(&credentials, Duration::from_secs(seconds), e));
+    let transport = |e: ureq::Error| {
+        failed(&api::transport_error(
+            &credentials,
+            Duration::from_secs(seconds),
+            e,
+        ))
+    };
     let response = request(&agent, &credentials, &url).map_err(transport)?;
     match response.status().as_u16() {
         200 => {}
