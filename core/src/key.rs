@@ -215,11 +215,40 @@ impl Fingerprint {
         &self.0
     }
 
+    /// Parses a fingerprint as OpenSSH writes it: `SHA256:` and the unpadded, canonical base64
+    /// of a 32-byte digest (43 characters), nothing else.
+    pub fn parse(text: &str) -> Result<Self, FingerprintError> {
+        use base64::Engine as _;
+        const ENGINE: base64::engine::GeneralPurpose =
+            base64::engine::general_purpose::STANDARD_NO_PAD;
+        let refuse = || FingerprintError {
+            text: crate::grant::escape_for_display(&text.chars().take(80).collect::<String>()),
+        };
+        let digest = text.strip_prefix("SHA256:").ok_or_else(refuse)?;
+        if digest.len() != 43 {
+            return Err(refuse());
+        }
+        match ENGINE.decode(digest) {
+            Ok(bytes) if bytes.len() == 32 => Ok(Self(text.to_owned())),
+            _ => Err(refuse()),
+        }
+    }
+
     /// Whether `text` names this fingerprint; the `SHA256:` prefix may be left out.
     pub fn matches(&self, text: &str) -> bool {
         let text = text.trim();
         self.0 == text || self.0.strip_prefix("SHA256:") == Some(text)
     }
+}
+
+/// Text that is not an OpenSSH SHA-256 fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "\"{text}\" is not a SHA-256 key fingerprint (SHA256: and 43 characters of base64, as ssh-keygen -l shows it)"
+)]
+pub struct FingerprintError {
+    /// The refused text (its first 80 characters), escaped for display.
+    pub text: String,
 }
 
 impl fmt::Display for Fingerprint {
@@ -250,6 +279,27 @@ pub(crate) mod tests {
         assert_eq!(key.comment(), "foo@bar.com");
         assert_eq!(key.short_id().len(), 16);
         assert!(key.fingerprint().matches(&ED25519_FP[7..]));
+    }
+
+    #[test]
+    fn fingerprints_parse_strictly() {
+        let key = GrantKey::parse(ED25519).unwrap();
+        let fp = key.fingerprint();
+        assert_eq!(Fingerprint::parse(fp.as_str()), Ok(fp.clone()));
+        let digest = &fp.as_str()[7..];
+        for bad in [
+            digest.to_owned(),
+            format!("SHA256:{digest}="),
+            format!("sha256:{digest}"),
+            format!("SHA256:{}", &digest[..42]),
+            format!("SHA256:{}!", &digest[..42]),
+            format!("SHA256:{digest} "),
+            format!("MD5:{digest}"),
+            // The last character carries 2 unused bits, which must be zero ('B' is 000001).
+            format!("SHA256:{}B", &digest[..42]),
+        ] {
+            assert!(Fingerprint::parse(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

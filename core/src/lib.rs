@@ -20,12 +20,13 @@ pub mod node_grants;
 pub mod node_name;
 pub mod permissions;
 pub mod prefix;
+pub mod session_events;
 pub mod user;
 
 pub use expiry::Expiry;
 pub use grant::{Grant, GrantError, GrantText};
 pub use host_keys::{HOST_KEY_PREFIX, HostKey, HostKeyAlgorithm, KnownHostsHost, NodeHostKeys};
-pub use key::{Fingerprint, GrantKey, KeyError};
+pub use key::{Fingerprint, FingerprintError, GrantKey, KeyError};
 pub use node_grants::{InvalidGrant, NodeGrants};
 pub use node_name::NodeName;
 pub use prefix::AnnotationPrefix;
