@@ -72,6 +72,18 @@ pub enum Command {
     List(ListArgs),
     /// Remove expired grants (from every node unless nodes or a selector are given).
     Prune(PruneArgs),
+    /// Who is logged in to nodes through a grant now, and who was, from nodegate-agent's Events.
+    #[command(
+        after_help = "Reads the Events nodegate-agent records in namespace default on each login and logout
+(list events there: the Role nodegate-keyctl-session-viewer, packaging/rbac/keyctl-viewer.yaml,
+allows it; reading Nodes: the ClusterRole nodegate-keyctl-viewer).
+Events are kept only as long as the API server's --event-ttl (1h by default): sessions that
+ended earlier are not shown, and a node whose nodegate-agent is not running shows nothing.
+Examples:
+  kubectl keyctl sessions node1
+  kubectl keyctl sessions -l pool=gpu -o json | jq '.sessions[] | select(.state == \"logged-in\")'"
+    )]
+    Sessions(SessionsArgs),
     /// Keep watching Nodes and remove grants as they expire (the in-cluster janitor).
     Janitor(JanitorArgs),
     /// Log in to a node in one step: an ephemeral key, granted for the session, then ssh.
@@ -216,6 +228,17 @@ pub struct ListArgs {
     /// Only grants for this login user.
     #[arg(short, long, value_name = "LOGIN")]
     pub user: Option<String>,
+}
+
+/// `keyctl sessions`.
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    /// The nodes to show (default: every node).
+    #[command(flatten)]
+    pub target: NodeSelection,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 /// `keyctl prune`.

@@ -37,6 +37,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Revoke(args) => commands::remove::revoke(&session().await?, args).await?,
         Command::List(args) => commands::list::run(&session().await?, args).await?,
         Command::Prune(args) => commands::remove::prune(&session().await?, args).await?,
+        Command::Sessions(args) => commands::sessions::run(&session().await?, args).await?,
         Command::Janitor(args) => commands::janitor::run(&session().await?, args).await?,
         Command::Ssh(args) => {
             return Ok(ExitCode::from(

@@ -7,6 +7,7 @@ pub mod known_hosts;
 pub mod list;
 pub mod proxy;
 pub mod remove;
+pub mod sessions;
 pub mod ssh;
 pub mod ssh_config;
 
