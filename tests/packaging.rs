@@ -751,6 +751,65 @@ fn installed_unit_command(unit: &str) -> (String, String) {
     (exec_start, capabilities)
 }
 
+/// nodegate-agent as its installed unit runs it, as far as that is possible without systemd: its
+/// `ExecStart=` (with `-v`), as its `User=`, `Group=` and `SupplementaryGroups=`, with exactly its
+/// `AmbientCapabilities=` and `CapabilityBoundingSet=`, `NoNewPrivileges=`, and an environment as
+/// empty as systemd's. (Its file system and system call restrictions need systemd's namespace
+/// and seccomp setup; systemd-analyze checks those in packaging/test-packages.)
+fn agent_as_its_unit_runs_it() -> Command {
+    let dirs = [
+        "/lib/systemd/system",
+        "/usr/lib/systemd/system",
+        "/etc/systemd/system",
+    ];
+    let unit = "nodegate-agent.service";
+    let text = dirs
+        .iter()
+        .find_map(|d| fs::read_to_string(Path::new(d).join(unit)).ok())
+        .unwrap_or_else(|| panic!("{unit} is not installed in any of {dirs:?}"));
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("{unit} has no {key}="))
+            .to_owned()
+    };
+    let exec_start = value("ExecStart");
+    let agent = installed_libexec().join("nodegate-agent");
+    assert_eq!(exec_start, agent.to_str().expect("a UTF-8 path"), "{unit}");
+    let caps = |key: &str| -> String {
+        value(key)
+            .split_whitespace()
+            .map(|c| format!(",+{}", c.trim_start_matches("CAP_").to_lowercase()))
+            .collect()
+    };
+    let mut command = Command::new("setpriv");
+    command
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .arg(format!("--reuid={}", value("User")))
+        .arg(format!("--regid={}", value("Group")))
+        .arg(format!(
+            "--groups={}",
+            value("SupplementaryGroups").replace(' ', ",")
+        ))
+        .arg(format!("--inh-caps=-all{}", caps("AmbientCapabilities")))
+        .arg(format!(
+            "--ambient-caps=-all{}",
+            caps("AmbientCapabilities")
+        ))
+        .arg(format!(
+            "--bounding-set=-all{}",
+            caps("CapabilityBoundingSet")
+        ));
+    assert_eq!(value("NoNewPrivileges"), "yes");
+    command
+        .arg("--no-new-privs")
+        .arg("--")
+        .arg(exec_start)
+        .arg("-v");
+    command
+}
+
 fn ssh_login(scratch: &Scratch, port: u16, key: &Path) -> Checked {
     Checked::run(
         Command::new("ssh")
@@ -1013,12 +1072,82 @@ fn ssh_login_through_the_installed_package() {
         sshd.log_tail(30)
     );
 
+    // nodegate-agent, run as its unit runs it, finds the session of this grant and ends it when
+    // the grant is revoked: the unit's user, groups and three capabilities are enough.
+    let mut agent = scratch.spawn("nodegate-agent", &mut agent_as_its_unit_runs_it());
+    let fingerprint = Checked::run(
+        Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(key.with_extension("pub")),
+    );
+    let fingerprint = fingerprint
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("ssh-keygen -l prints a fingerprint")
+        .to_owned();
+    let mut session = scratch.spawn(
+        "grant-session",
+        Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+            ])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                scratch.join("known_hosts").display()
+            ))
+            .arg("-i")
+            .arg(&key)
+            .args(["-p", &port.to_string(), "root@127.0.0.1"])
+            .arg("echo session-started; exec sleep 300"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            agent
+                .log()
+                .lines()
+                .any(|l| l.contains("login: root's session") && l.contains(fingerprint.as_str()))
+        }),
+        "nodegate-agent did not find the grant's session:\nagent:\n{}\nsession:\n{}\nsshd:\n{}",
+        agent.log_tail(30),
+        session.log_tail(10),
+        sshd.log_tail(20)
+    );
+    assert!(agent.is_running(), "agent:\n{}", agent.log_tail(30));
+
     cluster.set_node_annotation(node, &annotation, None);
+    assert!(
+        wait_until(Duration::from_secs(30), || !session.is_running()),
+        "the revoked grant's session is still open:\nagent:\n{}",
+        agent.log_tail(30)
+    );
+    assert!(
+        agent
+            .log()
+            .lines()
+            .any(|l| l.contains("ending the session of sshd pid")),
+        "the session ended, but not by nodegate-agent:\nagent:\n{}\nsession:\n{}",
+        agent.log_tail(30),
+        session.log_tail(10)
+    );
+    assert!(
+        session.log().contains("session-started"),
+        "{}",
+        session.log_tail(10)
+    );
     assert!(
         wait_until(Duration::from_secs(30), || !logged_in(&ssh_login(
             &scratch, port, &key
         ))),
         "still logged in after the grant was revoked"
     );
+    scratch.stop(&mut agent, Duration::from_secs(10));
     scratch.stop(&mut sshd, Duration::from_secs(5));
 }
