@@ -380,25 +380,23 @@ pub struct Paired {
     pub invalid: Vec<InvalidEvent>,
 }
 
-/// What every Event of one session must say alike.
-fn identity(
-    f: &SessionEventFields,
-) -> (
-    &nodegate_core::LoginUser,
-    &[nodegate_core::Fingerprint],
-    &[String],
-    &str,
-    Option<std::net::SocketAddr>,
-    DateTime<Utc>,
-) {
-    (
-        &f.login_user,
-        &f.fingerprints,
-        &f.grants,
-        &f.granted_by,
-        f.source,
-        f.login_at,
-    )
+/// What two Events of one session say differently, of what every one must say alike.
+fn disagreement(a: &SessionEventFields, b: &SessionEventFields) -> Option<&'static str> {
+    if a.login_user != b.login_user {
+        Some("the login user")
+    } else if a.fingerprints != b.fingerprints {
+        Some("the fingerprints")
+    } else if a.grants != b.grants {
+        Some("the grants")
+    } else if a.granted_by != b.granted_by {
+        Some("who granted them")
+    } else if a.source != b.source {
+        Some("the source")
+    } else if a.login_at != b.login_at {
+        Some("the login time")
+    } else {
+        None
+    }
 }
 
 /// Pairs each session's Events by node and session id, in any order: the same Event listed
@@ -444,20 +442,7 @@ fn combine(events: &[Observed]) -> Result<ListedSession, &'static str> {
     let mut login_recorded = false;
     for one in events {
         let fields = &one.event.fields;
-        if identity(fields) != identity(first) {
-            let what = if fields.login_user != first.login_user {
-                "the login user"
-            } else if fields.fingerprints != first.fingerprints {
-                "the fingerprints"
-            } else if fields.grants != first.grants {
-                "the grants"
-            } else if fields.granted_by != first.granted_by {
-                "who granted them"
-            } else if fields.source != first.source {
-                "the source"
-            } else {
-                "the login time"
-            };
+        if let Some(what) = disagreement(fields, first) {
             return Err(what);
         }
         match one.event.reason {
