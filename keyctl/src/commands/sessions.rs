@@ -202,35 +202,13 @@ pub async fn run(session: &Session, args: &SessionsArgs) -> anyhow::Result<bool>
             }
         }
     }
-    let mut observed = Vec::new();
-    let mut invalid = Vec::new();
-    for (name, found) in &listed {
-        let uid = resolved
-            .found
-            .get(name)
-            .and_then(|n| n.metadata.uid.clone())
-            .unwrap_or_default();
-        for event in found {
-            match read_event(event, name, &uid) {
-                None => {}
-                Some(Ok(one)) => observed.push(one),
-                Some(Err(error)) => invalid.push(InvalidEvent {
-                    node: name.clone(),
-                    event: escape_for_display(event.metadata.name.as_deref().unwrap_or("")),
-                    error: escape_for_display(&error),
-                }),
-            }
-        }
-    }
+    let uids: BTreeMap<String, String> = resolved
+        .found
+        .iter()
+        .map(|(name, node)| (name.clone(), node.metadata.uid.clone().unwrap_or_default()))
+        .collect();
     let now = Utc::now();
-    let paired = pair(observed, now);
-    invalid.extend(paired.invalid);
-    invalid.sort_by(|a, b| (&a.node, &a.event).cmp(&(&b.node, &b.event)));
-    let listing = SessionListing {
-        sessions: paired.sessions,
-        invalid,
-        note: WINDOW_NOTE,
-    };
+    let listing = collect(&listed, &uids, now);
     failed.sort();
     for (name, error) in &failed {
         eprintln!("error: node {name}: {error}");
@@ -266,6 +244,39 @@ fn refusal(caller: &str) -> String {
          kubectl create rolebinding {SESSION_VIEWER_ROLE}-{} --namespace={NAMESPACE} --role={SESSION_VIEWER_ROLE} --user={caller}",
         nodegate_cluster_client::names::name_part(caller),
     )
+}
+
+/// The answer from the Events listed for each node (`uids`: each node's uid): every Event
+/// checked ([`read_event`]), the valid ones paired ([`pair`]), the others listed as invalid.
+pub fn collect(
+    listed: &BTreeMap<String, Vec<Event>>,
+    uids: &BTreeMap<String, String>,
+    now: DateTime<Utc>,
+) -> SessionListing {
+    let mut observed = Vec::new();
+    let mut invalid = Vec::new();
+    for (name, found) in listed {
+        let uid = uids.get(name).map(String::as_str).unwrap_or_default();
+        for event in found {
+            match read_event(event, name, uid) {
+                None => {}
+                Some(Ok(one)) => observed.push(one),
+                Some(Err(error)) => invalid.push(InvalidEvent {
+                    node: name.clone(),
+                    event: escape_for_display(event.metadata.name.as_deref().unwrap_or("")),
+                    error: escape_for_display(&error),
+                }),
+            }
+        }
+    }
+    let paired = pair(observed, now);
+    invalid.extend(paired.invalid);
+    invalid.sort_by(|a, b| (&a.node, &a.event).cmp(&(&b.node, &b.event)));
+    SessionListing {
+        sessions: paired.sessions,
+        invalid,
+        note: WINDOW_NOTE,
+    }
 }
 
 /// Every Event of nodegate-agent about a Node (`node`, or any), page by page.
@@ -903,6 +914,50 @@ mod tests {
         // A Node recreated under the same name: its predecessor's Events are not its own.
         let e = good();
         assert!(matches!(read_event(&e, NODE, "new-uid"), Some(Err(_))));
+    }
+
+    #[test]
+    fn listed_events_become_sessions_and_one_count_of_the_rest() {
+        let login = event(SessionReason::Login, &fields(1));
+        let logout_fields = SessionEventFields {
+            logout_at: Some(at("2026-12-01T10:10:00Z")),
+            ..fields(1)
+        };
+        let mut logout = event(SessionReason::Logout, &logout_fields);
+        logout.metadata.name = Some("n1.nodegate-logout".into());
+        let mut malformed = event(SessionReason::Login, &fields(2));
+        malformed.metadata.name = Some("n1.nodegate-bad".into());
+        malformed
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(session_events_key("login-at"), "soon".into());
+        let mut kubelet = event(SessionReason::Login, &fields(3));
+        kubelet.source.as_mut().unwrap().component = Some("kubelet".into());
+        let listed = BTreeMap::from([(
+            NODE.to_owned(),
+            vec![logout, malformed, kubelet, login.clone(), login],
+        )]);
+        let uids = BTreeMap::from([(NODE.to_owned(), UID.to_owned())]);
+        let listing = collect(&listed, &uids, at(NOW));
+        let [s] = listing.sessions.as_slice() else {
+            panic!("{:?}", listing.sessions)
+        };
+        assert_eq!(
+            (s.session.as_str(), s.state),
+            ("1-1001", SessionState::LoggedOut)
+        );
+        assert_eq!(s.duration_seconds, 600);
+        let [bad] = listing.invalid.as_slice() else {
+            panic!("{:?}", listing.invalid)
+        };
+        assert_eq!(bad.event, "n1.nodegate-bad");
+        assert!(bad.error.contains("agent.nodegate.dev/login-at"), "{bad:?}");
+        // Without the Node's uid, only the name as uid is its own.
+        let listing = collect(&listed, &BTreeMap::new(), at(NOW));
+        assert!(listing.sessions.is_empty());
+        assert_eq!(listing.invalid.len(), 4);
     }
 
     fn session_events_key(field: &str) -> String {
