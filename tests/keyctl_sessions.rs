@@ -195,6 +195,20 @@ fn a_viewer_sees_who_is_logged_in_and_who_was() {
             agent_event(node, &uid, Login, &impostor, "impostor", minutes(2)),
         ],
     );
+    // Another node may create Events about this one too (the Node authorizer lets every node
+    // write Events); one that says where it came from is refused.
+    let forger = "ks-forger";
+    cluster.create_node(forger);
+    let mut forged = agent_event(
+        node,
+        &uid,
+        Login,
+        &session(1006, None, minutes(1)),
+        COMPONENT,
+        minutes(1),
+    );
+    forged["source"]["host"] = serde_json::json!(forger);
+    create_as_node(forger, &[forged]);
 
     let vera = kubeconfig("vera");
     let table = keyctl(&vera, &["sessions", node]);
@@ -245,8 +259,8 @@ fn a_viewer_sees_who_is_logged_in_and_who_was() {
     assert_eq!(warnings.len(), 1, "{table}");
     assert!(
         warnings[0]
-            .contains("1 Event(s) from nodegate-agent on node(s) ks-node1 failed validation")
-            && warnings[0].contains("agent.nodegate.dev/session \"1004\" is not valid"),
+            .contains("2 Event(s) from nodegate-agent on node(s) ks-node1 failed validation")
+            && warnings[0].contains("the first, ks-node1.nodegate-"),
         "{table}"
     );
     // Logged in first, then by login time.
@@ -290,8 +304,18 @@ fn a_viewer_sees_who_is_logged_in_and_who_was() {
     assert_eq!(s["ended_at"], time(minutes(6)));
     assert_eq!(s["source"], serde_json::Value::Null);
     let invalid = listing["invalid"].as_array().expect("invalid");
-    assert_eq!(invalid.len(), 1, "{json}");
-    assert_eq!(invalid[0]["node"], node);
+    assert_eq!(invalid.len(), 2, "{json}");
+    assert!(invalid.iter().all(|i| i["node"] == node), "{json}");
+    let errors: Vec<&str> = invalid.iter().filter_map(|i| i["error"].as_str()).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("agent.nodegate.dev/session \"1004\" is not valid"))
+            && errors
+                .iter()
+                .any(|e| e.contains("its source.host is \"ks-forger\", not the node ks-node1")),
+        "{json}"
+    );
     assert!(listing["note"].as_str().unwrap().contains("--event-ttl"));
 
     // The same through a selector (one query for every selected node), and a node without
