@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use nodegate_core::session_events::{self, SessionEventFields};
 use serde_json::json;
 
 use crate::api::{self, ApiError};
@@ -18,9 +19,9 @@ use crate::config::NodeName;
 use crate::kubeconfig::{ClientAuth, NodeCredentials};
 
 /// The namespace the Events go to: where the kubelet writes Node events.
-pub const EVENT_NAMESPACE: &str = "default";
+pub const EVENT_NAMESPACE: &str = session_events::NAMESPACE;
 /// `source.component` and `reportingComponent` of the Events.
-pub const COMPONENT: &str = "nodegate-agent";
+pub const COMPONENT: &str = session_events::COMPONENT;
 /// Events allowed at once.
 pub const BURST: u32 = 25;
 /// One more Event allowed after each interval.
@@ -46,9 +47,9 @@ impl Happening {
     /// The Event's `reason`.
     pub fn reason(self) -> &'static str {
         match self {
-            Self::Login => "SSHLogin",
-            Self::Logout => "SSHLogout",
-            Self::Ended => "SSHSessionEnded",
+            Self::Login => session_events::REASON_LOGIN,
+            Self::Logout => session_events::REASON_LOGOUT,
+            Self::Ended => session_events::REASON_ENDED,
         }
     }
 
@@ -122,11 +123,16 @@ impl RateLimit {
 }
 
 /// The Event object for `happening` about Node `node` (uid `node_uid`) at `at`.
+///
+/// `fields` go on the Event as `agent.nodegate.dev/` annotations (the contract of
+/// `nodegate_core::session_events`, which `keyctl sessions` reads), so that tools need not parse
+/// the message.
 pub fn event_body(
     node: &NodeName,
     node_uid: &str,
     happening: Happening,
     message: &str,
+    fields: Option<&SessionEventFields>,
     at: DateTime<Utc>,
 ) -> serde_json::Value {
     let mut message = message.to_owned();
@@ -138,13 +144,20 @@ pub fn event_body(
         message.truncate(cut);
     }
     let time = at.to_rfc3339_opts(SecondsFormat::Secs, true);
-    let micro = at.to_rfc3339_opts(SecondsFormat::Micros, true);
+    let annotations = fields
+        .map(SessionEventFields::to_annotations)
+        .unwrap_or_default();
+    // No `eventTime`: a core/v1 Event that has one is validated as a new-style Event, which
+    // kube-apiserver 1.20 refuses for a cluster-scoped involved object in a namespace
+    // ("involvedObject.namespace: does not match event.namespace"). The kubelet's own Node
+    // events carry first/lastTimestamp only, and so do these.
     json!({
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {
             "generateName": format!("{}.nodegate-", node.as_str()),
             "namespace": EVENT_NAMESPACE,
+            "annotations": annotations,
         },
         "involvedObject": {
             "apiVersion": "v1",
@@ -161,7 +174,6 @@ pub fn event_body(
         "reportingInstance": node.as_str(),
         "firstTimestamp": time,
         "lastTimestamp": time,
-        "eventTime": micro,
         "count": 1,
     })
 }
@@ -218,7 +230,14 @@ mod tests {
         let at = DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
             .unwrap()
             .to_utc();
-        let body = event_body(&node, "uid-1", Happening::Login, &"x".repeat(5000), at);
+        let body = event_body(
+            &node,
+            "uid-1",
+            Happening::Login,
+            &"x".repeat(5000),
+            None,
+            at,
+        );
         assert_eq!(body["involvedObject"]["kind"], "Node");
         assert_eq!(body["involvedObject"]["name"], "n1");
         assert_eq!(body["involvedObject"]["uid"], "uid-1");
@@ -228,7 +247,8 @@ mod tests {
         assert_eq!(body["source"]["component"], "nodegate-agent");
         assert_eq!(body["firstTimestamp"], "2026-12-01T10:00:00Z");
         assert_eq!(body["message"].as_str().unwrap().len(), MAX_MESSAGE_LEN);
-        let ended = event_body(&node, "u", Happening::Ended, "m", at);
+        assert!(body.get("eventTime").is_none());
+        let ended = event_body(&node, "u", Happening::Ended, "m", None, at);
         assert_eq!(ended["type"], "Warning");
         assert_eq!(ended["reason"], "SSHSessionEnded");
     }

@@ -19,7 +19,9 @@ use crate::logger::Logger;
 use crate::policy::Stamp;
 
 use super::ending::{self, Outcome};
-use super::enforce::{self, Action, GrantView, SessionKeeper, SessionSettings};
+use nodegate_core::session_events::{EndedBecause, SessionEventFields, SessionId};
+
+use super::enforce::{self, Action, EndReason, GrantView, SessionKeeper, SessionSettings};
 use super::events::{self, Happening, RateLimit};
 use super::sessions::{self, Passwd};
 use super::watch::{self, WatchNews};
@@ -171,6 +173,7 @@ struct View {
 struct PendingEvent {
     happening: Happening,
     message: String,
+    fields: Option<SessionEventFields>,
     at: DateTime<Utc>,
 }
 
@@ -410,7 +413,8 @@ pub fn run(settings: &Settings, verbose: bool) -> Result<(), AgentError> {
             let scan = sessions::scan(Path::new(PROC), &passwd);
             let actions = keeper.decide(&scan, &grant_view, &Moment::now(), &session_settings);
             for action in &actions {
-                carry_out(action, events.as_ref(), &mut log);
+                let fields = event_fields(action, &keeper);
+                carry_out(action, fields, events.as_ref(), &mut log);
             }
             let records = keeper.to_json();
             if records != stored_records {
@@ -574,7 +578,14 @@ fn post_events(
         } else {
             event.message.clone()
         };
-        let body = events::event_body(node, &uid, event.happening, &message, event.at);
+        let body = events::event_body(
+            node,
+            &uid,
+            event.happening,
+            &message,
+            event.fields.as_ref(),
+            event.at,
+        );
         let posted = identity::load_credentials(settings)
             .map_err(|e| e.to_string())
             .and_then(|creds| events::post(&creds, &body).map_err(|e| e.to_string()));
@@ -588,7 +599,12 @@ fn post_events(
 }
 
 /// Carries out one decision of the session keeper, logs it, and hands its Event on.
-fn carry_out(action: &Action, events: Option<&EventPoster>, log: &mut Logger) {
+fn carry_out(
+    action: &Action,
+    fields: Option<SessionEventFields>,
+    events: Option<&EventPoster>,
+    log: &mut Logger,
+) {
     for outcome in ending::carry_out(Path::new(PROC), action) {
         match outcome {
             Outcome::Log(line) => log.info(line),
@@ -603,12 +619,54 @@ fn carry_out(action: &Action, events: Option<&EventPoster>, log: &mut Logger) {
                     let _ = poster.events.send(PendingEvent {
                         happening,
                         message,
+                        fields: fields.clone(),
                         at: Utc::now(),
                     });
                 }
             }
         }
     }
+}
+
+/// The structured fields of the Event an action may give: its session's record, as the keeper
+/// holds it (an ended session's record is still there; a logout carries its own).
+fn event_fields(action: &Action, keeper: &SessionKeeper) -> Option<SessionEventFields> {
+    let now = Utc::now();
+    let (record, logout_at, ended_because) = match action {
+        Action::Login(record) => (record, None, None),
+        Action::Logout { record, .. } => (record, Some(now.max(record.login_at)), None),
+        Action::End { session, why, .. } => (
+            keeper.records().find(|r| r.session == *session)?,
+            None,
+            Some(match why {
+                EndReason::Revoked { .. } => EndedBecause::Revoked,
+                EndReason::Expired { .. } => EndedBecause::Expired,
+                EndReason::Stale { .. } => EndedBecause::Stale,
+            }),
+        ),
+        _ => return None,
+    };
+    let monitor = record.session.monitor;
+    let mut granted_by: Vec<&str> = Vec::new();
+    for grant in &record.grants {
+        if !granted_by.contains(&grant.granted_by.as_str()) {
+            granted_by.push(&grant.granted_by);
+        }
+    }
+    Some(SessionEventFields {
+        session: SessionId {
+            pid: u32::try_from(monitor.pid).ok()?,
+            start_ticks: monitor.start_ticks,
+        },
+        login_user: record.user.clone(),
+        fingerprints: record.grants.iter().map(|g| g.key.fingerprint()).collect(),
+        grants: record.grants.iter().map(|g| g.annotation.clone()).collect(),
+        granted_by: granted_by.join(", "),
+        source: record.source,
+        login_at: record.login_at,
+        logout_at,
+        ended_because,
+    })
 }
 
 fn install_signal_thread(tx: Sender<Message>) -> Result<(), AgentError> {
