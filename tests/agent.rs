@@ -659,6 +659,8 @@ fn states_a_duration(text: &str) -> bool {
     ];
     let tokens: Vec<&str> = text
         .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '(' | ')' | '='))
+        // "after 3s: root's session": a colon ends a clause, and is no part of the duration.
+        .map(|t| t.strip_suffix(':').unwrap_or(t))
         .filter(|t| !t.is_empty())
         .collect();
     let unit_run = |t: &str| {
@@ -702,6 +704,7 @@ fn states_a_duration(text: &str) -> bool {
 fn the_duration_check_finds_durations_and_nothing_else() {
     for text in [
         "after 3s",
+        "SSH logout after 3s: root's session",
         "lasted 1m3s",
         "duration=250ms",
         "after 4 seconds",
