@@ -304,25 +304,66 @@ impl Cache {
         prefix: &AnnotationPrefix,
         row: &CachedNode,
     ) -> Result<(), CacheError> {
+        self.write_row(node, prefix, row, false)
+    }
+
+    /// Writes `row` and forgets any recorded failure, in one transaction; a `watched` row (the
+    /// agent's) is confirmed with it.
+    fn write_row(
+        &mut self,
+        node: &NodeName,
+        prefix: &AnnotationPrefix,
+        row: &CachedNode,
+        watched: bool,
+    ) -> Result<(), CacheError> {
         let text = serde_json::to_string(&row.annotations).unwrap_or_else(|_| "{}".into());
         let (boot_id, boot_ms) = boot_columns(row.stamp.boot.as_ref());
         let wall_ms = row.stamp.wall.timestamp_millis();
-        self.repairing(|conn| {
-            let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-            tx.execute(
-                "INSERT INTO node_grants (node, prefix, annotations, fetched_at_ms, boot_id, boot_ms, credentials)
+        // A watch event is newer than any GET sent before it (and a GET that overtakes it is
+        // corrected by the next event): it always replaces the row. A GET's answer replaces it
+        // unless another invocation stored one it sent later on this boot's clock.
+        let upsert = if watched {
+            "INSERT OR REPLACE INTO node_grants
+               (node, prefix, annotations, fetched_at_ms, boot_id, boot_ms, credentials)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        } else {
+            "INSERT INTO node_grants (node, prefix, annotations, fetched_at_ms, boot_id, boot_ms, credentials)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (node, prefix) DO UPDATE SET annotations = excluded.annotations,
                    fetched_at_ms = excluded.fetched_at_ms, boot_id = excluded.boot_id,
                    boot_ms = excluded.boot_ms, credentials = excluded.credentials
                  WHERE excluded.boot_id = '' OR node_grants.boot_id <> excluded.boot_id
-                   OR node_grants.boot_ms <= excluded.boot_ms",
-                params![node.as_str(), prefix.as_str(), text, wall_ms, boot_id, boot_ms, row.credentials],
+                   OR node_grants.boot_ms <= excluded.boot_ms"
+        };
+        self.repairing(|conn| {
+            let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+            tx.execute(
+                upsert,
+                params![
+                    node.as_str(),
+                    prefix.as_str(),
+                    text,
+                    wall_ms,
+                    boot_id,
+                    boot_ms,
+                    row.credentials
+                ],
             )?;
             tx.execute(
                 "DELETE FROM api_failures WHERE node = ?1 AND prefix = ?2",
                 params![node.as_str(), prefix.as_str()],
             )?;
+            if watched {
+                confirm(
+                    &tx,
+                    node,
+                    prefix,
+                    wall_ms,
+                    boot_id,
+                    boot_ms,
+                    &row.credentials,
+                )?;
+            }
             tx.commit()
         })
     }
@@ -412,40 +453,7 @@ impl Cache {
         prefix: &AnnotationPrefix,
         row: &CachedNode,
     ) -> Result<(), CacheError> {
-        let text = serde_json::to_string(&row.annotations).unwrap_or_else(|_| "{}".into());
-        let (boot_id, boot_ms) = boot_columns(row.stamp.boot.as_ref());
-        let wall_ms = row.stamp.wall.timestamp_millis();
-        self.repairing(|conn| {
-            let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-            tx.execute(
-                "INSERT OR REPLACE INTO node_grants
-                   (node, prefix, annotations, fetched_at_ms, boot_id, boot_ms, credentials)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    node.as_str(),
-                    prefix.as_str(),
-                    text,
-                    wall_ms,
-                    boot_id,
-                    boot_ms,
-                    row.credentials
-                ],
-            )?;
-            tx.execute(
-                "DELETE FROM api_failures WHERE node = ?1 AND prefix = ?2",
-                params![node.as_str(), prefix.as_str()],
-            )?;
-            confirm(
-                &tx,
-                node,
-                prefix,
-                wall_ms,
-                boot_id,
-                boot_ms,
-                &row.credentials,
-            )?;
-            tx.commit()
-        })
+        self.write_row(node, prefix, row, true)
     }
 
     /// Confirms that the cached row is still what the API holds (the watch is live).

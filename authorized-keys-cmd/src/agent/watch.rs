@@ -292,6 +292,20 @@ fn request(
     request.call()
 }
 
+/// What a status other than success (and, for a watch, 410) means.
+fn refusal(status: u16, node: &NodeName) -> ApiError {
+    match status {
+        401 => ApiError::Unauthorized,
+        403 => ApiError::Forbidden {
+            node: node.to_string(),
+        },
+        status => ApiError::Status {
+            status,
+            node: node.to_string(),
+        },
+    }
+}
+
 /// One round: (GET if needed, then) one watch request, until it ends.
 fn one_round(
     settings: &Settings,
@@ -335,18 +349,7 @@ fn one_round(
                         "Node {node} does not exist (yet): no grants apply"
                     )));
                 }
-                401 => return Err(failed(&ApiError::Unauthorized)),
-                403 => {
-                    return Err(failed(&ApiError::Forbidden {
-                        node: node.to_string(),
-                    }));
-                }
-                status => {
-                    return Err(failed(&ApiError::Status {
-                        status,
-                        node: node.to_string(),
-                    }));
-                }
+                status => return Err(failed(&refusal(status, &node))),
             }
             let meta = parse_node(&body, &node, prefix).map_err(|e| failed(&e))?;
             let rv = meta.resource_version.clone();
@@ -388,18 +391,7 @@ fn one_round(
             *resume = None;
             return Ok(());
         }
-        401 => return Err(failed(&ApiError::Unauthorized)),
-        403 => {
-            return Err(failed(&ApiError::Forbidden {
-                node: node.to_string(),
-            }));
-        }
-        status => {
-            return Err(failed(&ApiError::Status {
-                status,
-                node: node.to_string(),
-            }));
-        }
+        status => return Err(failed(&refusal(status, &node))),
     }
     send(WatchNews::Live)?;
     let mut reader = BufReader::new(response.into_body().into_reader());
