@@ -1,6 +1,9 @@
 //! The product doing its main job on a self-contained setup: a real etcd + kube-apiserver, a
-//! node whose real sshd asks `authorized-keys-cmd`, and an operator using `keyctl` and `ssh`;
-//! then node-exec, the fallback when SSH cannot help, on a real kubelet with containerd: a host
+//! node whose real sshd asks `authorized-keys-cmd` and whose `nodegate-agent` watches its Node,
+//! and operators using `keyctl` and `ssh`: a live interactive session on a pseudo-terminal, who
+//! is logged in (`keyctl sessions`, from the agent's Events), logins while the API server is
+//! down, and a revoke that warns the live session, ends it and refuses the next login; then
+//! node-exec, the fallback when SSH cannot help, on a real kubelet with containerd: a host
 //! shell, a container entered as a chosen user, and a refusal; then `keyctl ssh` to that node
 //! through the API server, since its advertised address does not answer, with its host key taken
 //! from its Node object.
@@ -20,11 +23,17 @@ use std::time::{Duration, Instant};
 
 use nodegate_testkit::kubelet::{Kubelet, LOCK_FILE};
 use nodegate_testkit::process::{KillOnDrop, Scratch, wait_until};
-use nodegate_testkit::sshd::{KeySource, Login, RootOwnedDir, Sshd, ssh_command, ssh_keygen};
+use nodegate_testkit::sshd::{
+    KeySource, RootOwnedDir, Sshd, ssh_command, ssh_keygen, ssh_tty_command,
+};
+use nodegate_testkit::terminal::Terminal;
 use nodegate_testkit::{Cluster, Validity, workspace_bin, workspace_root};
 
 /// The API-only node of the SSH part.
 const NODE: &str = "node1";
+/// The `[agent]` table of that node's configuration file: a short grace between the warning
+/// and the end of a session (5 s by default), the rest the defaults.
+const AGENT_SETTINGS: &str = "end_grace = \"3s\"";
 /// The group that packaging/rbac/node-exec-operator.yaml binds.
 const NODE_EXEC_OPERATORS: &str = "nodegate-node-exec-operators";
 /// Where node-exec's helper pods run (packaging/node-exec-namespace.yaml).
@@ -67,8 +76,9 @@ fn main() {
         &[NODE_EXEC_OPERATORS, PROXY_USERS],
     );
     let bob = Operator::new(&cluster, &workstation, "bob", &[]);
+    let carol = Operator::new(&cluster, &workstation, "carol", &[]);
 
-    ssh_part(&cluster, &alice, &bob);
+    ssh_part(&cluster, &alice, &bob, &carol);
     let kubelet = node_exec_part(&cluster, &alice, &bob);
     ssh_through_the_api_part(&cluster, &alice, &kubelet);
     drop(kubelet);
@@ -76,18 +86,19 @@ fn main() {
     step("Done: everything started here is stopped and removed");
 }
 
-/// keyctl and ssh: grant, log in, list, log in while the API server is down, revoke.
-fn ssh_part(cluster: &Cluster, alice: &Operator, bob: &Operator) {
+/// keyctl, ssh and nodegate-agent: grant, a live session, list, who is logged in, logins while
+/// the API server is down, revoke: the live session warned and ended, the next login refused.
+fn ssh_part(cluster: &Cluster, alice: &Operator, bob: &Operator, carol: &Operator) {
     step(&format!(
-        "Node {NODE}: a real sshd whose AuthorizedKeysCommand is authorized-keys-cmd, reading \
-         with {NODE}'s own kubelet credentials"
+        "Node {NODE}: a real sshd whose AuthorizedKeysCommand is authorized-keys-cmd, and \
+         nodegate-agent, both with {NODE}'s own kubelet credentials"
     ));
     cluster.create_node(NODE);
     let node = Scratch::new("demo-node");
     let config = node.write(
         "authorized-keys-cmd.toml",
         format!(
-            "kubeconfig = \"{}\"\ncache = \"{}\"\n",
+            "kubeconfig = \"{}\"\ncache = \"{}\"\n\n[agent]\n{AGENT_SETTINGS}\n",
             cluster.node_kubeconfig(NODE, Validity::Current).display(),
             node.join("grants-cache.sqlite").display()
         ),
@@ -95,16 +106,50 @@ fn ssh_part(cluster: &Cluster, alice: &Operator, bob: &Operator) {
     // sshd only runs a command whose path is root-owned and not writable by others.
     let libexec = RootOwnedDir::new("demo");
     let program = libexec.install(&workspace_bin("authorized-keys-cmd"), "authorized-keys-cmd");
-    let sshd = Sshd::start(
+    let sshd = Sshd::start_with(
         &node,
         "sshd",
         &KeySource::authorized_keys_cmd(program.clone(), &config),
+        "ExposeAuthInfo yes\n",
     );
     println!(
-        "   sshd on 127.0.0.1:{}: AuthorizedKeysFile none; AuthorizedKeysCommand {} %u %f",
+        "   sshd on 127.0.0.1:{}: AuthorizedKeysFile none; AuthorizedKeysCommand {} --config {} \
+         %u %f; ExposeAuthInfo yes (each session's key, for the agent)",
         sshd.port,
-        program.display()
+        program.display(),
+        config.display()
     );
+    println!("   {}:", config.display());
+    for line in read(&config).lines() {
+        println!("{}", format!("     {line}").trim_end());
+    }
+    let agent_bin = workspace_bin("nodegate-agent");
+    let mut agent = node.spawn(
+        "nodegate-agent",
+        Command::new(&agent_bin).arg("--config").arg(&config),
+    );
+    println!(
+        "   node1# {} --config {} &  (as nodegate-agent.service runs it, which runs it as user \
+         nodegate with three capabilities; here as root)",
+        agent_bin.display(),
+        config.display()
+    );
+    let node_side = NodeSide {
+        program: &program,
+        config: &config,
+        sshd: &sshd,
+    };
+    let live = wait_until(Duration::from_secs(20), || node_side.watch_live().is_some());
+    assert!(
+        live && agent.is_running(),
+        "nodegate-agent's watch did not become live; its log:\n{}",
+        agent.log_tail(30)
+    );
+    println!(
+        "     {}",
+        agent.log().lines().next().unwrap_or_default().trim()
+    );
+    node_side.show_watch();
 
     step("Before any grant, alice's key is refused");
     let out = alice.ssh(&sshd, "hostname");
@@ -128,13 +173,17 @@ fn ssh_part(cluster: &Cluster, alice: &Operator, bob: &Operator) {
         "demo: disk full",
     ]);
     assert!(out.status.success(), "alice's grant failed");
+    // The agent's watch writes the grant to the node's cache as it sees it, well within a
+    // second: wait for the login path's answer (what sshd will ask) rather than racing it.
+    let granted = wait_until(Duration::from_secs(10), || {
+        node_side.keys_for_root().contains(&alice.key_blob())
+    });
+    assert!(granted, "node1's login path does not answer with the grant");
 
-    // A node trusts a cached "no key" for 100 ms (a bound on API reads caused by unknown keys);
-    // this script is faster than any person between a refused login and the next one.
-    std::thread::sleep(Duration::from_millis(150));
-    step("alice logs in with plain OpenSSH");
-    let out = alice.ssh(&sshd, "echo logged in as $(id -un)");
-    expect(&out, Some(0), "logged in as root\n", "alice's login");
+    step(
+        "alice logs in with plain OpenSSH: an interactive shell in a terminal window, which stays open",
+    );
+    let mut session = alice.open_session(&sshd, "in a terminal window of hers, 100x24");
 
     step("Anyone with read access sees who may log in, as whom and until when");
     let out = alice.keyctl(&["list", NODE]);
@@ -155,35 +204,146 @@ fn ssh_part(cluster: &Cluster, alice: &Operator, bob: &Operator) {
         "no SSHKeyGranted event"
     );
 
-    step("The API server goes down: the node answers from its SQLite cache, logins keep working");
-    cluster.stop_apiserver();
-    let out = alice.ssh(&sshd, "echo still logged in as $(id -un)");
-    expect(
-        &out,
-        Some(0),
-        "still logged in as root\n",
-        "alice's login while the API server is down",
+    step(&format!(
+        "carol, on call with the shipped viewer roles only, sees who is logged in on {NODE} now: \
+         the agent recorded alice's login as an Event on the Node"
+    ));
+    let viewer = "packaging/rbac/keyctl-viewer.yaml";
+    cluster.apply_shipped(&[viewer]);
+    println!("   admin$ kubectl apply -f {viewer}");
+    cluster.bind_cluster_role("carol-viewer", "nodegate-keyctl-viewer", carol.name);
+    println!(
+        "   admin$ kubectl create clusterrolebinding carol-viewer \
+         --clusterrole=nodegate-keyctl-viewer --user=carol  (Nodes)"
     );
-    cluster.start_apiserver();
+    cluster.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "carol-session-viewer",
+        "--namespace=default",
+        "--role=nodegate-keyctl-session-viewer",
+        "--user=carol",
+    ]);
+    println!(
+        "   admin$ kubectl create rolebinding carol-session-viewer --namespace=default \
+         --role=nodegate-keyctl-session-viewer --user=carol  (Events in default)"
+    );
+    let fingerprint = alice.key_fingerprint();
+    let mut logged_in = None;
+    let recorded = wait_until(Duration::from_secs(20), || {
+        logged_in = carol.sessions().into_iter().find(|s| {
+            s["state"] == "logged-in"
+                && s["user"] == "root"
+                && s["fingerprints"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|f| *f == fingerprint.as_str()))
+        });
+        logged_in.is_some()
+    });
+    assert!(
+        recorded,
+        "keyctl sessions does not show alice logged in; the agent's log:\n{}",
+        agent.log_tail(30)
+    );
+    let session_id = logged_in.map(|s| s["session"].clone()).unwrap_or_default();
+    let out = carol.keyctl(&["sessions", NODE]);
+    assert!(out.status.success(), "carol's keyctl sessions failed");
 
-    step("alice revokes the grant; the node stops accepting the key within its freshness window");
+    step(
+        "The API server goes down: the node answers from its SQLite cache, logins keep working; \
+         the agent keeps what it last saw, and alice's session goes on",
+    );
+    cluster.stop_apiserver();
+    println!(
+        "   (kube-apiserver stopped: the agent's watch is down; it keeps the grants it last saw, \
+         and would see a revoke made now once its watch is back)"
+    );
+    let mut second = alice.open_session(&sshd, "a second terminal window");
+    println!("   alice's first terminal:");
+    session.run("echo still here, $(id -un)", "still here, root");
+    cluster.start_apiserver();
+    println!("   (kube-apiserver started again)");
+    let resumed = wait_until(Duration::from_secs(30), || node_side.watch_live().is_some());
+    assert!(
+        resumed,
+        "nodegate-agent's watch did not resume; its log:\n{}",
+        agent.log_tail(30)
+    );
+    node_side.show_watch();
+    println!("   alice's second terminal:");
+    second.end("exit");
+
+    step(
+        "alice revokes the grant: her live session is warned on its terminal and ended \
+         end_grace (3 s) later, and the next login is refused at once",
+    );
+    let before = session.terminal.screen().len();
     let out = alice.keyctl(&["revoke", NODE, "--user", "root"]);
     assert!(out.status.success(), "alice's revoke failed");
     let revoked = Instant::now();
-    let refused = wait_until(Duration::from_secs(20), || {
-        alice.login(&sshd) == Login::Refused
+    let warned = wait_until(Duration::from_secs(20), || {
+        session.since(before).contains("nodegate")
     });
+    let warned_after = revoked.elapsed();
     assert!(
-        refused,
-        "the revoked key still logs in; sshd log:\n{}",
-        sshd.log()
+        warned,
+        "no warning on alice's terminal; it showed:\n{}\nthe agent's log:\n{}",
+        session.since(before),
+        agent.log_tail(30)
     );
+    let ended = wait_until(Duration::from_secs(20), || !session.is_live());
+    let ended_after = revoked.elapsed();
+    assert!(
+        ended,
+        "alice's session still runs 20 s after the warning; the agent's log:\n{}",
+        agent.log_tail(30)
+    );
+    // ssh's last words may still be on their way to the screen.
+    session
+        .terminal
+        .wait_for("closed by remote host", Duration::from_secs(5));
+    println!("   alice's terminal meanwhile:");
+    for line in session.since(before).trim_matches('\n').lines() {
+        println!("     | {line}");
+    }
     println!(
-        "   refused {:.1} s after the revoke (freshness window: 5 s)",
-        revoked.elapsed().as_secs_f64()
+        "   warned {:.1} s after the revoke; the session ended {:.1} s after the warning",
+        warned_after.as_secs_f64(),
+        (ended_after - warned_after).as_secs_f64()
     );
     let out = alice.ssh(&sshd, "hostname");
     expect_refused(&out);
+    println!(
+        "   (refused at the first try: the agent wrote the revoke to node1's cache as it saw it)"
+    );
+
+    step("carol sees that the agent ended alice's session because its grant was revoked");
+    // Both of alice's sessions: the one the agent ended, and the one she ended with exit.
+    let shown_ended = wait_until(Duration::from_secs(20), || {
+        let sessions = carol.sessions();
+        sessions.iter().any(|s| {
+            s["session"] == session_id
+                && s["state"] != "logged-in"
+                && s["ended_because"] == "revoked"
+        }) && sessions
+            .iter()
+            .any(|s| s["session"] != session_id && s["state"] == "logged-out")
+    });
+    assert!(
+        shown_ended,
+        "keyctl sessions does not show alice's session ended (revoked) and her second one \
+         logged out; the agent's log:\n{}",
+        agent.log_tail(30)
+    );
+    let out = carol.keyctl(&["sessions", NODE]);
+    assert!(out.status.success(), "carol's keyctl sessions failed");
+    println!("   (the second: her second terminal, opened while the API server was down)");
+    assert!(
+        agent.is_running(),
+        "nodegate-agent ended:\n{}",
+        agent.log_tail(30)
+    );
+    node.stop(&mut agent, Duration::from_secs(10));
 }
 
 /// node-exec on a real kubelet: a refusal, a host shell, a container entered as a chosen user.
@@ -725,7 +885,18 @@ impl Operator {
 
     /// Runs `kubectl PLUGIN ARGS` as this operator and shows it with its output.
     fn kubectl_plugin(&self, plugin: &str, args: &[&str]) -> Output {
-        let out = Command::new("kubectl")
+        let out = self.run_plugin(plugin, args);
+        let shown: Vec<String> = args.iter().map(|a| quoted(a)).collect();
+        show(
+            &format!("{}$ kubectl {plugin} {}", self.name, shown.join(" ")),
+            &out,
+        );
+        out
+    }
+
+    /// Runs `kubectl PLUGIN ARGS` as this operator, without showing it.
+    fn run_plugin(&self, plugin: &str, args: &[&str]) -> Output {
+        Command::new("kubectl")
             .arg(plugin)
             .args(args)
             .env("HOME", self.home.path())
@@ -739,17 +910,27 @@ impl Operator {
             .envs(self.exported.borrow().iter().map(|(n, v)| (n, v)))
             .stdin(Stdio::null())
             .output()
-            .unwrap_or_else(|e| panic!("run kubectl {plugin}: {e}"));
-        let shown: Vec<String> = args.iter().map(|a| quoted(a)).collect();
-        show(
-            &format!("{}$ kubectl {plugin} {}", self.name, shown.join(" ")),
-            &out,
-        );
-        out
+            .unwrap_or_else(|e| panic!("run kubectl {plugin}: {e}"))
+    }
+
+    /// The sessions on [`NODE`] as `kubectl keyctl sessions NODE -o json` lists them for this
+    /// operator (not shown: for waiting until they show something).
+    fn sessions(&self) -> Vec<serde_json::Value> {
+        let out = self.run_plugin("keyctl", &["sessions", NODE, "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|answer| answer["sessions"].as_array().cloned())
+            .unwrap_or_default()
     }
 
     fn keyctl(&self, args: &[&str]) -> Output {
         self.kubectl_plugin("keyctl", args)
+    }
+
+    /// `~/.ssh/id_ed25519.pub`'s key, without its comment: `ssh-ed25519 AAAA...`.
+    fn key_blob(&self) -> String {
+        let parts: Vec<&str> = self.key.public.split_whitespace().take(2).collect();
+        parts.join(" ")
     }
 
     /// The SHA256 fingerprint of `~/.ssh/id_ed25519`, as keyctl shows it.
@@ -784,9 +965,178 @@ impl Operator {
         out
     }
 
-    fn login(&self, sshd: &Sshd) -> Login {
-        sshd.login(&self.key, "root")
+    /// `ssh -p PORT root@127.0.0.1` on a terminal of this operator's: an interactive login
+    /// shell, shown once it is ready (from its prompt on) with `echo "$(id -un) on $(tty)"`.
+    fn open_session(&self, sshd: &Sshd, window: &str) -> LiveSession {
+        let terminal = Terminal::open(24, 100);
+        let mut ssh = ssh_tty_command(sshd.port, &self.key, "root", "");
+        ssh.env("HOME", self.home.path()).env("TERM", "xterm");
+        println!(
+            "   {}$ ssh -p {} root@127.0.0.1  ({window})",
+            self.name, sshd.port
+        );
+        let ssh = KillOnDrop::new(terminal.spawn(&ssh));
+        let session = LiveSession { terminal, ssh };
+        assert!(
+            session.wait_for_prompt(0),
+            "alice's session did not start; her terminal:\n{}\nsshd's log:\n{}",
+            session.since(0),
+            sshd.log()
+        );
+        session.run("echo \"$(id -un) on $(tty)\"", "root on /dev/pts/");
+        session
     }
+}
+
+/// The node's side of node1, as its admin sees it: the login path's program and config file.
+struct NodeSide<'a> {
+    program: &'a Path,
+    config: &'a Path,
+    sshd: &'a Sshd,
+}
+
+impl NodeSide<'_> {
+    /// `authorized-keys-cmd --config CONFIG --sshd-config SSHD_CONFIG check`'s lines about
+    /// nodegate-agent's watch.
+    fn watch_lines(&self) -> Vec<String> {
+        let out = Command::new(self.program)
+            .arg("--config")
+            .arg(self.config)
+            .arg("--sshd-config")
+            .arg(&self.sshd.config)
+            .arg("check")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run authorized-keys-cmd check");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("watch"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The line of `check` that says the agent's watch is live, if it says so.
+    fn watch_live(&self) -> Option<String> {
+        self.watch_lines()
+            .into_iter()
+            .find(|l| l.contains("nodegate-agent's watch is live"))
+    }
+
+    /// Shows `check | grep watch`, as the node's admin would run it.
+    fn show_watch(&self) {
+        println!(
+            "   node1# {} --config {} check | grep watch",
+            self.program.display(),
+            self.config.display()
+        );
+        for line in self.watch_lines() {
+            println!("     {line}");
+        }
+    }
+
+    /// What the login path answers sshd for user root now (`authorized-keys-cmd root`).
+    fn keys_for_root(&self) -> String {
+        let out = Command::new(self.program)
+            .arg("--config")
+            .arg(self.config)
+            .arg("root")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run authorized-keys-cmd");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// An interactive ssh session on a terminal of its own, as in an operator's terminal window.
+struct LiveSession {
+    terminal: Terminal,
+    ssh: KillOnDrop,
+}
+
+impl LiveSession {
+    fn is_live(&mut self) -> bool {
+        !self.ssh.has_exited()
+    }
+
+    /// What the terminal showed after its first `from` bytes, as text (see [`visible`]).
+    fn since(&self, from: usize) -> String {
+        let screen = self.terminal.screen();
+        visible(screen.get(from..).unwrap_or(&screen))
+    }
+
+    /// Where the terminal's last line begins (a prompt, while the shell waits).
+    fn last_line_start(&self) -> usize {
+        let screen = self.terminal.screen();
+        screen.rfind('\n').map_or(0, |at| at + 1)
+    }
+
+    /// Waits for the shell's prompt at the end of what was shown after `from`.
+    fn wait_for_prompt(&self, from: usize) -> bool {
+        wait_until(Duration::from_secs(20), || {
+            self.since(from).trim_end_matches(' ').ends_with(['#', '$'])
+        })
+    }
+
+    /// Types `line` into the shell, waits for `expect` and the next prompt, and shows the
+    /// terminal's lines from the prompt it was typed at.
+    #[track_caller]
+    fn run(&self, line: &str, expect: &str) {
+        let from = self.last_line_start();
+        self.terminal.type_keys(format!("{line}\n").as_bytes());
+        let answered = wait_until(Duration::from_secs(20), || {
+            let shown = self.since(from);
+            shown.contains(expect)
+                && shown.lines().count() > 2
+                && shown.trim_end_matches(' ').ends_with(['#', '$'])
+        });
+        assert!(
+            answered,
+            "alice's shell did not answer {line:?}; her terminal:\n{}",
+            self.since(0)
+        );
+        for shown in self.since(from).lines() {
+            println!("     | {shown}");
+        }
+    }
+
+    /// Types `line` (`exit`), waits for ssh to end, and shows the terminal's lines
+    /// from the prompt it was typed at.
+    #[track_caller]
+    fn end(&mut self, line: &str) {
+        let from = self.last_line_start();
+        self.terminal.type_keys(format!("{line}\n").as_bytes());
+        let ended = wait_until(Duration::from_secs(20), || !self.is_live());
+        assert!(ended, "alice's session did not end on {line:?}");
+        // bash's last words may still be on their way to the screen.
+        self.terminal.wait_for("logout", Duration::from_secs(5));
+        for shown in self.since(from).trim_end_matches('\n').lines() {
+            println!("     | {shown}");
+        }
+    }
+}
+
+/// A terminal's output as the text it shows: without escape sequences (bash's bracketed-paste
+/// switches), carriage returns and bells.
+fn visible(raw: &str) -> String {
+    let mut out = String::new();
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => match chars.next() {
+                Some('[') => {
+                    while chars
+                        .next()
+                        .is_some_and(|c| !('\x40'..='\x7e').contains(&c))
+                    {}
+                }
+                Some(']') => while chars.next().is_some_and(|c| c != '\x07') {},
+                _ => {}
+            },
+            '\r' | '\x07' => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `arg` as a shell would need it typed (the demo's arguments hold no single quotes).
