@@ -178,8 +178,39 @@ pub fn event_body(
     })
 }
 
+/// Why an Event was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    /// The API server could not be asked (down, unreachable, bad credentials PEM): worth a
+    /// retry.
+    #[error(transparent)]
+    Unavailable(#[from] ApiError),
+    /// The API server answered that it cannot take it now (overloaded, broken, or the
+    /// credentials mid-rotation): worth a retry.
+    #[error("the API server answered {status} to an Event in namespace {EVENT_NAMESPACE}")]
+    Busy {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The API server refused it: a retry would be refused again.
+    #[error("the API server refused the Event ({status}): {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The Status message, if any.
+        message: String,
+    },
+}
+
+impl PostError {
+    /// Whether a later retry may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Busy { .. })
+    }
+}
+
 /// POSTs one Event with the node's credentials.
-pub fn post(credentials: &NodeCredentials, body: &serde_json::Value) -> Result<(), ApiError> {
+pub fn post(credentials: &NodeCredentials, body: &serde_json::Value) -> Result<(), PostError> {
     let agent = api::agent(credentials, POST_DEADLINE)?;
     let url = format!(
         "{}/api/v1/namespaces/{EVENT_NAMESPACE}/events",
@@ -189,17 +220,27 @@ pub fn post(credentials: &NodeCredentials, body: &serde_json::Value) -> Result<(
     if let ClientAuth::Token(token) = &credentials.client {
         request = request.header("Authorization", format!("Bearer {token}"));
     }
-    let response = request
+    let mut response = request
         .send(body.to_string().as_bytes())
         .map_err(|e| api::transport_error(credentials, POST_DEADLINE, e))?;
-    match response.status().as_u16() {
+    let status = response.status().as_u16();
+    match status {
         200..=299 => Ok(()),
-        401 => Err(ApiError::Unauthorized),
-        status => Err(ApiError::BadAnswer {
-            reason: format!(
-                "the API server answered {status} to an Event in namespace {EVENT_NAMESPACE}"
-            ),
-        }),
+        // Overloaded or broken: try again later. (401: the certificate may be mid-rotation.)
+        401 | 429 | 500..=599 => Err(PostError::Busy { status }),
+        _ => {
+            let text = response
+                .body_mut()
+                .with_config()
+                .limit(64 * 1024)
+                .read_to_string()
+                .unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            Err(PostError::Refused { status, message })
+        }
     }
 }
 

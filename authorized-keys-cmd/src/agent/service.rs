@@ -1,6 +1,6 @@
 //! The agent's main loop: command line, threads, and what is done with each piece of news.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
@@ -34,6 +34,8 @@ pub const CONFIRM_INTERVAL: Duration = Duration::from_secs(1);
 pub const FIRST_VIEW_WAIT: Duration = Duration::from_secs(10);
 /// Where processes are looked for.
 const PROC: &str = "/proc";
+/// Events kept while the API server cannot take them.
+const MAX_QUEUED_EVENTS: usize = 1000;
 /// How long a cache lock is waited for (the login path holds it for milliseconds).
 const CACHE_BUSY: Duration = Duration::from_secs(2);
 
@@ -555,45 +557,92 @@ fn post_events(
     // Until the watch tells the Node's uid, the node's name stands in, as the kubelet's own
     // Events do; `kubectl describe node` finds both.
     let mut uid = node.as_str().to_owned();
-    for event in events {
-        while let Ok(newer) = uids.try_recv() {
-            uid = newer;
+    // Events the API server could not take yet (it is down, or unreachable): posted in order
+    // once it answers again, each with the time it happened. Bounded: the oldest go first.
+    let mut queue: VecDeque<(serde_json::Value, String)> = VecDeque::new();
+    let mut lost = 0u64;
+    let mut backoff = watch::Backoff::default();
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let wait = retry_at.map_or(Duration::from_secs(3600), |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        match events.recv_timeout(wait) {
+            Ok(event) => {
+                while let Ok(newer) = uids.try_recv() {
+                    uid = newer;
+                }
+                if !limit.allow(Instant::now()) {
+                    log.warn(format_args!(
+                        "not recorded as an Event (rate limit: a burst of {}, then one per {}s): {}",
+                        events::BURST,
+                        events::REFILL.as_secs(),
+                        event.message
+                    ));
+                    continue;
+                }
+                let dropped = limit.take_dropped() + std::mem::take(&mut lost);
+                let message = if dropped > 0 {
+                    format!(
+                        "{} ({dropped} earlier Events were not recorded: rate limit or API outage; the node's journal has them)",
+                        event.message
+                    )
+                } else {
+                    event.message.clone()
+                };
+                let body = events::event_body(
+                    node,
+                    &uid,
+                    event.happening,
+                    &message,
+                    event.fields.as_ref(),
+                    event.at,
+                );
+                if queue.len() >= MAX_QUEUED_EVENTS
+                    && let Some((_, oldest)) = queue.pop_front()
+                {
+                    lost += 1;
+                    log.warn(format_args!(
+                        "not recorded as an Event ({MAX_QUEUED_EVENTS} wait for the API server already): {oldest}"
+                    ));
+                }
+                queue.push_back((body, event.message));
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
         }
-        if !limit.allow(Instant::now()) {
-            log.warn(format_args!(
-                "not recorded as an Event (rate limit, {} per {}s after a burst of {}): {}",
-                1,
-                events::REFILL.as_secs(),
-                events::BURST,
-                event.message
-            ));
+        if retry_at.is_some_and(|t| Instant::now() < t) {
             continue;
         }
-        let dropped = limit.take_dropped();
-        let message = if dropped > 0 {
-            format!(
-                "{} ({dropped} earlier Events were dropped by the rate limit; the node's journal has them)",
-                event.message
-            )
-        } else {
-            event.message.clone()
-        };
-        let body = events::event_body(
-            node,
-            &uid,
-            event.happening,
-            &message,
-            event.fields.as_ref(),
-            event.at,
-        );
-        let posted = identity::load_credentials(settings)
-            .map_err(|e| e.to_string())
-            .and_then(|creds| events::post(&creds, &body).map_err(|e| e.to_string()));
-        if let Err(e) = posted {
-            log.warn(format_args!(
-                "cannot record an Event ({e}); it was: {}",
-                event.message
-            ));
+        retry_at = None;
+        while let Some((body, message)) = queue.front() {
+            let posted = identity::load_credentials(settings)
+                .map_err(|e| (true, e.to_string()))
+                .and_then(|creds| {
+                    events::post(&creds, body).map_err(|e| (e.is_retryable(), e.to_string()))
+                });
+            match posted {
+                Ok(()) => {
+                    queue.pop_front();
+                    backoff.reset();
+                }
+                Err((true, e)) => {
+                    let wait = backoff.next_wait(watch::jitter());
+                    log.warn(format_args!(
+                        "cannot record an Event yet ({e}); {} wait, the next try in {}: {message}",
+                        queue.len(),
+                        humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
+                    ));
+                    retry_at = Some(Instant::now() + wait);
+                    break;
+                }
+                Err((false, e)) => {
+                    log.warn(format_args!(
+                        "the API server refused an Event ({e}): {message}"
+                    ));
+                    queue.pop_front();
+                }
+            }
         }
     }
 }

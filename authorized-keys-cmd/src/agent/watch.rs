@@ -245,7 +245,7 @@ impl Backoff {
 }
 
 /// A random number without a dependency: std seeds each `RandomState` from the OS.
-fn random() -> u64 {
+pub(super) fn jitter() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(Instant::now().elapsed().as_nanos());
     hasher.finish()
@@ -262,7 +262,7 @@ pub fn run(settings: &Settings, news: &Sender<WatchNews>) {
             Err(RoundEnd::Closed) => return,
             Err(RoundEnd::Failed(reason)) => reason,
         };
-        let retry_in = backoff.next_wait(random());
+        let retry_in = backoff.next_wait(jitter());
         if news.send(WatchNews::Down { reason, retry_in }).is_err() {
             return;
         }
@@ -369,7 +369,7 @@ fn one_round(
     )
     .map_err(|e| failed(&e))?;
     // Each node's watches end at a time of their own, not all at once.
-    let seconds = WATCH_SECONDS - random() % 10;
+    let seconds = WATCH_SECONDS - jitter() % 10;
     let url = format!(
         "{}/api/v1/nodes?fieldSelector=metadata.name%3D{}&watch=true&allowWatchBookmarks=true&resourceVersion={}&timeoutSeconds={}",
         credentials.server,
@@ -527,7 +527,7 @@ mod tests {
         let second = b.next_wait(u64::MAX);
         assert!(second >= FIRST_BACKOFF && second < FIRST_BACKOFF * 2);
         for _ in 0..20 {
-            assert!(b.next_wait(random()) <= MAX_BACKOFF);
+            assert!(b.next_wait(jitter()) <= MAX_BACKOFF);
         }
         assert!(b.next_wait(0) >= MAX_BACKOFF / 2);
         b.reset();
