@@ -1,6 +1,7 @@
 //! nodegate-agent against the real thing, with and without the agent in the same run: the time
 //! from `keyctl revoke` to the end of a live session and to the first refused login; the API
-//! requests of one node for 100 logins in a minute; the agent's CPU while idle and its peak RSS.
+//! requests of one node for 100 logins in a minute (with the agent recording login Events, with
+//! it not recording them, and without it); the agent's CPU while idle and its peak RSS.
 //!
 //! Run with `scripts/bench agent` (release binaries). `RUNS=N` changes the number of revokes
 //! per case (default 5), `LOGINS=N` the logins of the request count (default 100, at 100 a
@@ -52,12 +53,12 @@ impl Bench {
         );
     }
 
-    fn start_agent(&mut self) {
+    fn start_agent(&mut self, config: &Path) {
         let mut agent = self.scratch.spawn(
             "agent",
             Command::new(workspace_bin("nodegate-agent"))
                 .arg("--config")
-                .arg(&self.config),
+                .arg(config),
         );
         std::thread::sleep(Duration::from_millis(500));
         assert!(agent.is_running(), "{}", agent.log_tail(30));
@@ -271,11 +272,12 @@ fn env_number(name: &str, default: usize) -> usize {
         .max(1)
 }
 
-fn config_file(scratch: &Scratch, kubeconfig: &Path) -> PathBuf {
+/// The config file `name`: the node's kubeconfig and cache, and the `[agent]` table `agent`.
+fn config_file(scratch: &Scratch, name: &str, kubeconfig: &Path, agent: &str) -> PathBuf {
     scratch.write(
-        "authorized-keys-cmd.toml",
+        name,
         format!(
-            "kubeconfig = \"{}\"\ncache = \"{}\"\n\n{AGENT_TABLE}",
+            "kubeconfig = \"{}\"\ncache = \"{}\"\n\n{agent}",
             kubeconfig.display(),
             scratch.join("grants-cache.sqlite").display()
         ),
@@ -288,7 +290,20 @@ fn main() {
     let cluster = Cluster::start();
     cluster.create_node(NODE);
     let scratch = Scratch::new("bench-agent");
-    let config = config_file(&scratch, &cluster.node_kubeconfig(NODE, Validity::Current));
+    let kubeconfig = cluster.node_kubeconfig(NODE, Validity::Current);
+    let config = config_file(
+        &scratch,
+        "authorized-keys-cmd.toml",
+        &kubeconfig,
+        AGENT_TABLE,
+    );
+    // The same for the agent alone, without login Events: its own API requests apart from them.
+    let quiet_config = config_file(
+        &scratch,
+        "quiet.toml",
+        &kubeconfig,
+        &AGENT_TABLE.replace("record_logins = true", "record_logins = false"),
+    );
     let dir = RootOwnedDir::new("bench-agent");
     let program = dir.install(&workspace_bin("authorized-keys-cmd"), "authorized-keys-cmd");
     let sshd = Sshd::start_with(
@@ -308,7 +323,8 @@ fn main() {
     bench.keyctl(&["grant", NODE, "--expires", "2h"], &login_key);
 
     // The agent, idle: no sessions, nothing changes on the Node.
-    bench.start_agent();
+    let config = bench.config.clone();
+    bench.start_agent(&config);
     let pid = bench.agent_pid();
     std::thread::sleep(Duration::from_secs(5));
     let idle = Duration::from_secs(30);
@@ -329,6 +345,10 @@ fn main() {
     let peak_rss = vm_kib(pid, "VmHWM");
     let agent_cpu_total = cpu_ticks(pid) as f64 / clock_ticks_per_second() as f64;
     bench.stop_agent();
+    bench.start_agent(&quiet_config);
+    std::thread::sleep(Duration::from_secs(5));
+    let (quiet_nodes, quiet_events, quiet_took) = login_minute(&bench, &login_key, logins);
+    bench.stop_agent();
 
     // Without the agent: as before it existed.
     std::thread::sleep(Duration::from_secs(6));
@@ -348,7 +368,9 @@ fn main() {
     }
 
     println!();
-    println!("nodegate-agent benchmark (end_grace 1s, freshness 5s, scan_interval 1s)");
+    println!(
+        "nodegate-agent benchmark (end_grace 1s, freshness 5s, scan_interval 1s, {runs} revokes per case)"
+    );
     println!("from the start of keyctl revoke:");
     summary("with agent: session ended", &mut with_end);
     summary("with agent: first refused login", &mut with_refused);
@@ -359,15 +381,23 @@ fn main() {
             "without agent: session ended"
         );
     }
-    summary("without agent: session ended", &mut without_end);
+    if !without_end.is_empty() {
+        summary("without agent: session ended", &mut without_end);
+    }
     summary("without agent: first refused login", &mut without_refused);
     summary("without agent: keyctl revoke returned", &mut without_keyctl);
     println!("API requests of the node for {logins} logins at 100 a minute:");
     println!(
-        "  with agent    ({:>5.1} s): nodes {}; events {}",
+        "  with agent (record_logins) ({:>5.1} s): nodes {}; events {}",
         with_took.as_secs_f64(),
         show(&with_nodes),
         show(&with_events)
+    );
+    println!(
+        "  agent, record_logins = false ({:>5.1} s): nodes {}; events {}",
+        quiet_took.as_secs_f64(),
+        show(&quiet_nodes),
+        show(&quiet_events)
     );
     println!(
         "  without agent ({:>5.1} s): nodes {}; events {}",
