@@ -1108,6 +1108,17 @@ fn ssh_login_through_the_installed_package() {
             .args(["-p", &port.to_string(), "root@127.0.0.1"])
             .arg("echo session-started; exec sleep 300"),
     );
+    // The session's command has run and its output came back before anything is revoked: a
+    // session ended with output still in flight loses it, so this is waited for first.
+    assert!(
+        wait_until(Duration::from_secs(30), || session
+            .log()
+            .contains("session-started")),
+        "the grant's session did not start:\nsession:\n{}\nagent:\n{}\nsshd:\n{}",
+        session.log_tail(10),
+        agent.log_tail(30),
+        sshd.log_tail(20)
+    );
     assert!(
         wait_until(Duration::from_secs(30), || {
             agent
@@ -1121,6 +1132,13 @@ fn ssh_login_through_the_installed_package() {
         sshd.log_tail(20)
     );
     assert!(agent.is_running(), "agent:\n{}", agent.log_tail(30));
+    // Nothing but the revoke below may end it.
+    assert!(
+        session.is_running(),
+        "the grant's session ended before its grant was revoked:\nsession:\n{}\nagent:\n{}",
+        session.log_tail(10),
+        agent.log_tail(30)
+    );
 
     cluster.set_node_annotation(node, &annotation, None);
     assert!(
@@ -1135,11 +1153,6 @@ fn ssh_login_through_the_installed_package() {
             .any(|l| l.contains("ending the session of sshd pid")),
         "the session ended, but not by nodegate-agent:\nagent:\n{}\nsession:\n{}",
         agent.log_tail(30),
-        session.log_tail(10)
-    );
-    assert!(
-        session.log().contains("session-started"),
-        "{}",
         session.log_tail(10)
     );
     assert!(
