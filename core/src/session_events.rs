@@ -561,14 +561,32 @@ fn parse_time(key: &'static str, text: &str) -> Result<DateTime<Utc>, SessionEve
             max: MAX_TIME_LEN,
         });
     }
-    DateTime::parse_from_rfc3339(text)
+    let at = DateTime::parse_from_rfc3339(text)
         .map(|t| t.to_utc())
-        .map_err(|e| invalid(key, text, format!("expected an RFC 3339 time ({e})")))
+        .map_err(|e| invalid(key, text, format!("expected an RFC 3339 time ({e})")))?;
+    // Times are written in whole seconds; a fraction would not survive being written again.
+    // (chrono keeps a leap second, 23:59:60, as 10^9 nanoseconds: that one is whole.)
+    if at.timestamp_subsec_nanos() % 1_000_000_000 != 0 {
+        return Err(invalid(
+            key,
+            text,
+            "expected whole seconds, as the agent writes them".to_owned(),
+        ));
+    }
+    Ok(at)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_with_a_fraction_of_a_second_is_refused_a_leap_second_kept() {
+        assert!(parse_time(LOGIN_AT, "2026-12-01T10:00:00.5Z").is_err());
+        assert!(parse_time(LOGIN_AT, "2026-12-01T10:12:30.999999999Z").is_err());
+        assert!(parse_time(LOGIN_AT, "2026-12-01T10:00:00Z").is_ok());
+        assert!(parse_time(LOGIN_AT, "2016-12-31T23:59:60Z").is_ok());
+    }
     use crate::key::GrantKey;
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti foo@bar.com";
