@@ -909,8 +909,14 @@ fn restarting_the_agent_ends_no_granted_session_and_catches_up_on_a_revoke_made_
             node.logs()
         );
     }
+    // The agent picks its sessions up again: a restart is no second login.
     let logins = node.events("SSHLogin").len();
     println!("SSHLogin events after a restart of the agent, for 2 logins: {logins}");
+    assert!(
+        logins <= 2,
+        "{logins} login Events for 2 logins\n{}",
+        node.logs()
+    );
 
     // Revoked while the agent was down: the agent started again ends that session, only that.
     node.stop_agent();
