@@ -4,6 +4,7 @@
 //!
 //! Build the binaries first: `cargo build -p authorized-keys-cmd --bins` (and keyctl).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use nodegate_core::session_events::{SessionEventFields, SessionReason};
 use nodegate_core::{Expiry, Grant, GrantKey, GrantText, LoginUser};
 use nodegate_testkit::fixtures::{self, in_hours, whole_seconds};
 use nodegate_testkit::output::{Checked, output_with_stdin};
@@ -128,22 +130,28 @@ impl<'c> AgentNode<'c> {
         fixtures::remove_grant(self.cluster, &self.name, grant);
     }
 
-    /// `keyctl revoke NODE --key KEY.pub` as the cluster admin.
-    fn keyctl_revoke(&self, key: &SshKey) {
+    /// `keyctl ARGS` as the cluster admin, with a HOME of this node's own.
+    fn keyctl(&self, args: &[&str]) -> Checked {
         let home = self.scratch.join("home");
         fs::create_dir_all(&home).expect("create HOME");
         let out = output_with_stdin(
             Command::new(workspace_bin("keyctl"))
                 .arg("--kubeconfig")
                 .arg(self.cluster.admin_kubeconfig())
-                .args(["revoke", &self.name, "--key"])
-                .arg(key.private.with_extension("pub"))
+                .args(args)
                 .env("HOME", home)
                 .env_remove("KUBECONFIG")
                 .env_remove("NODEGATE_PREFIX"),
             None,
         );
-        Checked::of("keyctl revoke", out).ok();
+        Checked::of(format!("keyctl {}", args.join(" ")), out)
+    }
+
+    /// `keyctl revoke NODE --key KEY.pub` as the cluster admin.
+    fn keyctl_revoke(&self, key: &SshKey) {
+        let public = key.private.with_extension("pub");
+        let public = public.to_str().expect("UTF-8 path");
+        self.keyctl(&["revoke", &self.name, "--key", public]).ok();
     }
 
     /// Starts the agent with the node's config file (and `extra` arguments), in the foreground
@@ -960,15 +968,37 @@ fn the_watch_resumes_after_the_api_server_is_stopped_and_started_again() {
     node.start_agent();
     let mut session = node.session(&key, "sess-outage");
     node.wait_attributed(&grant);
+    // A second grant, seen by the agent before the outage, for a session that begins during it.
+    let during_key = node.key("outage-during");
+    let during_grant = node.grant(&during_key, in_hours(1));
+    assert!(
+        wait_until(Duration::from_secs(20), || node
+            .logs()
+            .contains("the Node holds 2 annotations under the prefix")),
+        "the agent did not see the second grant\n{}",
+        node.logs()
+    );
 
     cluster.stop_apiserver();
     std::thread::sleep(Duration::from_secs(4));
     // An outage is no revoke: the session stays, logins are served from the cache.
     assert!(session.is_live(), "ended by an outage\n{}", node.logs());
     assert_eq!(node.login(&key), Login::Succeeded, "{}", node.logs());
+    // A session that begins during the outage: its login Event waits in the agent.
+    let _during = node.session(&during_key, "sess-outage-during");
+    node.wait_attributed(&during_grant);
     node.assert_agent_running();
 
     cluster.start_apiserver();
+    let login_during = node.wait_for_event(
+        "SSHLogin",
+        &during_grant.key.fingerprint().to_string(),
+        Duration::from_secs(60),
+    );
+    println!(
+        "the login made while the API server was down was recorded once it was back: {}",
+        login_during["message"]
+    );
     let back = Instant::now();
     node.remove_grant(&grant);
     let revoked = Instant::now();
@@ -1160,6 +1190,41 @@ fn logins_and_logouts_through_a_grant_are_recorded_as_events_on_the_node() {
     );
     println!("login: {}", login["message"]);
     println!("logout: {logout_message}");
+
+    // The structured fields are the contract keyctl sessions reads: they parse strictly, and
+    // keyctl pairs the real agent's two Events into one logged-out session.
+    for (event, reason) in [
+        (&login, SessionReason::Login),
+        (&logout, SessionReason::Logout),
+    ] {
+        let annotations: BTreeMap<String, String> =
+            serde_json::from_value(event["metadata"]["annotations"].clone())
+                .expect("string annotations");
+        let parsed = SessionEventFields::from_annotations(reason.as_str(), &annotations)
+            .unwrap_or_else(|e| panic!("the agent's {reason:?} Event: {e}\n{event:#}"));
+        assert_eq!(parsed.fields.login_user.as_str(), "root");
+        assert_eq!(parsed.fields.fingerprints[0].as_str(), fingerprint);
+        assert_eq!(parsed.fields.granted_by, GRANTED_BY);
+    }
+    let sessions = node.keyctl(&["sessions", "agent-events", "-o", "json"]);
+    let listed: serde_json::Value = serde_json::from_str(sessions.ok()).expect("JSON");
+    let mine: Vec<&serde_json::Value> = listed["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter(|s| s["fingerprints"][0] == fingerprint.as_str())
+        .collect();
+    assert_eq!(mine.len(), 1, "{listed:#}");
+    assert_eq!(mine[0]["state"], "logged-out", "{listed:#}");
+    assert_eq!(mine[0]["user"], "root", "{listed:#}");
+    assert!(
+        mine[0]["login_recorded"].as_bool().unwrap_or(false),
+        "{listed:#}"
+    );
+    assert!(
+        listed["invalid"].as_array().is_some_and(Vec::is_empty),
+        "{listed:#}"
+    );
     node.assert_agent_running();
 }
 
