@@ -329,11 +329,20 @@ pub struct SessionKeeper {
     /// Sessions left alone, with the reason last given, so each is said once (and again only
     /// when the reason changes, e.g. `ssh -N` that later opens a shell).
     ignored: BTreeMap<ProcId, String>,
+    /// When each session not (yet) attributed was first seen, on the boot clock in ms: it is
+    /// said to be left alone only once it has stayed so for [`IGNORE_SETTLE`].
+    unsettled: BTreeMap<ProcId, u64>,
     /// The grants of the last view.
     seen: Vec<Grant>,
     /// Grants that left the view, and when that was noticed (for [`REVOKED_MEMORY`]).
     gone: Vec<(Grant, DateTime<Utc>)>,
 }
+
+/// How long a session must have stayed unattributed before it is said to be left alone. A new
+/// login's processes appear one after the other (monitor, child, shell), so its first scans
+/// see it half made ("no post-auth child yet", "no session process yet"); saying so would be
+/// noise in the journal, moments before it is attributed.
+pub const IGNORE_SETTLE: Duration = Duration::from_secs(3);
 
 /// How long a revoked grant is remembered: a session that logged in with it before it went,
 /// but was first scanned after (revoked within a scan interval of the login), is still its
@@ -660,6 +669,7 @@ impl SessionKeeper {
             }
         }
         self.ignored.retain(|m, _| scan.has_monitor(m));
+        self.unsettled.retain(|m, _| scan.has_monitor(m));
 
         // Grants that went since the last view are remembered for a while; one back is not gone.
         for g in &self.seen {
@@ -682,6 +692,7 @@ impl SessionKeeper {
             match attribute(session, view, &self.gone) {
                 Ok((user, grants)) => {
                     self.ignored.remove(&monitor);
+                    self.unsettled.remove(&monitor);
                     let record = Record {
                         session: session.ids,
                         user,
@@ -694,12 +705,20 @@ impl SessionKeeper {
                     actions.push(Action::Login(record.clone()));
                     self.records.insert(monitor, record);
                 }
-                Err(why) => self.ignore(monitor, Some(&session.user), why, &mut actions),
+                Err(why) => {
+                    self.ignore(monitor, Some(&session.user), why, now_ms, &mut actions);
+                }
             }
         }
         for u in &scan.unattributable {
             if !self.records.contains_key(&u.monitor) {
-                self.ignore(u.monitor, u.user.as_deref(), u.reason.clone(), &mut actions);
+                self.ignore(
+                    u.monitor,
+                    u.user.as_deref(),
+                    u.reason.clone(),
+                    now_ms,
+                    &mut actions,
+                );
             }
         }
 
@@ -737,8 +756,13 @@ impl SessionKeeper {
         monitor: ProcId,
         user: Option<&str>,
         why: String,
+        now_ms: u64,
         actions: &mut Vec<Action>,
     ) {
+        let first_seen = *self.unsettled.entry(monitor).or_insert(now_ms);
+        if now_ms.saturating_sub(first_seen) < ms(IGNORE_SETTLE) {
+            return;
+        }
         if self.ignored.get(&monitor) == Some(&why) {
             return;
         }
@@ -1136,17 +1160,40 @@ mod tests {
         for (s, expected) in cases {
             let mut keeper = SessionKeeper::default();
             let one = scan(vec![s]);
-            let actions = keeper.decide(&one, &v, &at(0), &settings);
+            // Not said while it may still be a login in the making.
+            assert_eq!(keeper.decide(&one, &v, &at(0), &settings), [], "too early");
+            let actions = keeper.decide(&one, &v, &at(3), &settings);
             let why = ignore_why(&actions);
             assert!(
                 why.starts_with("not a grant session") || why.contains(expected),
                 "{why}"
             );
             assert!(why.contains(expected), "{why}");
-            assert_eq!(keeper.decide(&one, &v, &at(1), &settings), [], "said once");
+            assert_eq!(keeper.decide(&one, &v, &at(4), &settings), [], "said once");
             // Revoking every grant never touches it.
-            assert_eq!(keeper.decide(&one, &view(vec![]), &at(2), &settings), []);
+            assert_eq!(keeper.decide(&one, &view(vec![]), &at(5), &settings), []);
         }
+    }
+
+    #[test]
+    fn a_login_in_the_making_is_attributed_without_being_said_left_alone() {
+        let mut keeper = SessionKeeper::default();
+        let v = view(vec![grant("alice", KEY_A, expires(3600))]);
+        let half_made = Scan {
+            sessions: vec![],
+            unattributable: vec![Unattributable {
+                monitor: ids(100).monitor,
+                child: None,
+                user: Some("alice".into()),
+                ttys: vec![],
+                processes: vec![],
+                reason: "no post-auth sshd child (yet)".into(),
+            }],
+        };
+        assert_eq!(keeper.decide(&half_made, &v, &at(0), &settings()), []);
+        assert_eq!(keeper.decide(&half_made, &v, &at(1), &settings()), []);
+        let actions = keeper.decide(&alice(), &v, &at(2), &settings());
+        assert_eq!(kinds(&actions), ["login"], "{actions:?}");
     }
 
     #[test]
@@ -1164,11 +1211,12 @@ mod tests {
                 reason: "no session process with SSH_USER_AUTH".into(),
             }],
         };
-        let actions = keeper.decide(&no_shell, &v, &at(0), &settings());
+        assert_eq!(keeper.decide(&no_shell, &v, &at(0), &settings()), []);
+        let actions = keeper.decide(&no_shell, &v, &at(3), &settings());
         assert!(ignore_why(&actions).contains("no session process"));
-        assert_eq!(keeper.decide(&no_shell, &v, &at(1), &settings()), []);
+        assert_eq!(keeper.decide(&no_shell, &v, &at(4), &settings()), []);
         // A shell opened later on the same connection (ControlMaster): attributed now.
-        let actions = keeper.decide(&alice(), &v, &at(2), &settings());
+        let actions = keeper.decide(&alice(), &v, &at(5), &settings());
         assert_eq!(kinds(&actions), ["login"]);
     }
 
@@ -1584,7 +1632,8 @@ mod tests {
         keeper.decide(&scan(vec![]), &view(vec![]), &at(5), &s);
         let mut later = alice();
         later.sessions[0].started_at = t0() + chrono::Duration::seconds(6);
-        let actions = keeper.decide(&later, &view(vec![]), &at(7), &s);
+        assert_eq!(keeper.decide(&later, &view(vec![]), &at(7), &s), []);
+        let actions = keeper.decide(&later, &view(vec![]), &at(10), &s);
         assert!(
             ignore_why(&actions).contains("has no grant for alice"),
             "{actions:?}"
@@ -1595,6 +1644,8 @@ mod tests {
         keeper.decide(&scan(vec![]), &view(vec![]), &at(5), &s);
         let hour = i64::try_from(REVOKED_MEMORY.as_secs()).unwrap();
         let actions = keeper.decide(&alice(), &view(vec![]), &at(5 + hour), &s);
+        assert!(actions.is_empty(), "{actions:?}");
+        let actions = keeper.decide(&alice(), &view(vec![]), &at(8 + hour), &s);
         assert_eq!(kinds(&actions), ["ignore"], "{actions:?}");
     }
 }
