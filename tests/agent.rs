@@ -20,6 +20,7 @@ use nodegate_core::{Expiry, Grant, GrantKey, GrantText, LoginUser};
 use nodegate_testkit::fixtures::{self, in_hours, whole_seconds};
 use nodegate_testkit::output::{Checked, output_with_stdin};
 use nodegate_testkit::process::{Daemon, KillOnDrop, Scratch, last_lines, wait_until};
+use nodegate_testkit::proxy::pump;
 use nodegate_testkit::sshd::{
     KeySource, Login, RootOwnedDir, SshKey, Sshd, ssh_keygen, ssh_tty_command,
 };
@@ -574,22 +575,6 @@ fn socket_of_process(pid: u32, client: SocketAddr, server_port: u16) -> bool {
         .any(|fd| {
             fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == socket.as_str())
         })
-}
-
-/// Copies `from` to `to` until either ends, then ends `to`'s writing side.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
 }
 
 #[test]

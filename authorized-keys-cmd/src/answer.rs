@@ -222,17 +222,17 @@ pub fn lookup(
         let Some(cache) = cache.as_mut() else {
             return Consulted::NotFresh(None, BeforeApi::AskApi);
         };
-        let row = log_cache_result(cache, log, |c| c.load(node, prefix)).flatten();
+        let (row, confirmation) =
+            match log_cache_result(cache, log, |c| c.load_watched(node, prefix)).flatten() {
+                Some((row, confirmation)) => (Some(row), confirmation),
+                None => (None, None),
+            };
         // The lines are worked out once: they decide whether the row is a hit, and are the
         // answer when it is fresh.
         let cached_answer = row
             .as_ref()
             .map(|row| answer(&row.annotations, Source::NotLookedUp, log));
-        // Only worth reading when there is a row it could confirm.
-        let watch_confirmed_ago = row
-            .as_ref()
-            .and_then(|_| log_cache_result(cache, log, |c| c.watch_confirmation(node, prefix)))
-            .flatten()
+        let watch_confirmed_ago = confirmation
             .filter(|c| same_credentials(&c.credentials, credentials_now.as_deref()))
             .and_then(|c| match (&now.boot, &c.stamp.boot) {
                 (Some(now), Some(then)) => now.since(then),

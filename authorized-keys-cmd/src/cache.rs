@@ -249,36 +249,70 @@ impl Cache {
         node: &NodeName,
         prefix: &AnnotationPrefix,
     ) -> Result<Option<CachedNode>, CacheError> {
-        let row = self.repairing(|conn| {
+        Ok(self.load_watched(node, prefix)?.map(|(row, _)| row))
+    }
+
+    /// The cached answer, as [`Cache::load`], with the last confirmation of the agent's watch
+    /// of it, if any: one query, so a login pays nothing for asking.
+    pub fn load_watched(
+        &mut self,
+        node: &NodeName,
+        prefix: &AnnotationPrefix,
+    ) -> Result<Option<(CachedNode, Option<WatchConfirmation>)>, CacheError> {
+        type Row = (
+            String,
+            i64,
+            String,
+            i64,
+            String,
+            Option<(i64, String, i64, String)>,
+        );
+        let row: Option<Row> = self.repairing(|conn| {
             conn.query_row(
-                "SELECT annotations, fetched_at_ms, boot_id, boot_ms, credentials
-                 FROM node_grants WHERE node = ?1 AND prefix = ?2",
+                "SELECT g.annotations, g.fetched_at_ms, g.boot_id, g.boot_ms, g.credentials,
+                        w.confirmed_at_ms, w.boot_id, w.boot_ms, w.credentials
+                 FROM node_grants g LEFT JOIN watch_confirmations w
+                   ON w.node = g.node AND w.prefix = g.prefix
+                 WHERE g.node = ?1 AND g.prefix = ?2",
                 params![node.as_str(), prefix.as_str()],
                 |r| {
+                    let confirmation = match r.get::<_, Option<i64>>(5)? {
+                        Some(wall_ms) => Some((wall_ms, r.get(6)?, r.get(7)?, r.get(8)?)),
+                        None => None,
+                    };
                     Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, String>(4)?,
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        confirmation,
                     ))
                 },
             )
             .optional()
         })?;
-        Ok(
-            row.and_then(|(text, wall_ms, boot_id, boot_ms, credentials)| {
+        Ok(row.and_then(
+            |(text, wall_ms, boot_id, boot_ms, credentials, confirmation)| {
                 if text.len() > MAX_CACHED_LEN {
                     return None;
                 }
                 let annotations: BTreeMap<String, String> = serde_json::from_str(&text).ok()?;
-                Some(CachedNode {
+                let row = CachedNode {
                     annotations,
                     stamp: stamp_from_row(wall_ms, boot_id, boot_ms)?,
                     credentials,
-                })
-            }),
-        )
+                };
+                let confirmation =
+                    confirmation.and_then(|(wall_ms, boot_id, boot_ms, credentials)| {
+                        Some(WatchConfirmation {
+                            stamp: stamp_from_row(wall_ms, boot_id, boot_ms)?,
+                            credentials,
+                        })
+                    });
+                Some((row, confirmation))
+            },
+        ))
     }
 
     /// The one node cached under `prefix`, if exactly one is (a node's cache holds only itself).
@@ -493,36 +527,6 @@ impl Cache {
             )
             .map(drop)
         })
-    }
-
-    /// The last confirmation of the agent's watch, if any.
-    pub fn watch_confirmation(
-        &mut self,
-        node: &NodeName,
-        prefix: &AnnotationPrefix,
-    ) -> Result<Option<WatchConfirmation>, CacheError> {
-        let row = self.repairing(|conn| {
-            conn.query_row(
-                "SELECT confirmed_at_ms, boot_id, boot_ms, credentials
-                 FROM watch_confirmations WHERE node = ?1 AND prefix = ?2",
-                params![node.as_str(), prefix.as_str()],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                },
-            )
-            .optional()
-        })?;
-        Ok(row.and_then(|(wall_ms, boot_id, boot_ms, credentials)| {
-            Some(WatchConfirmation {
-                stamp: stamp_from_row(wall_ms, boot_id, boot_ms)?,
-                credentials,
-            })
-        }))
     }
 
     /// Replaces the agent's session records (a JSON text the agent validates when it reads
@@ -985,6 +989,13 @@ mod tests {
         NodeName::new("n1").unwrap()
     }
 
+    fn confirmation(cache: &mut Cache) -> Option<WatchConfirmation> {
+        cache
+            .load_watched(&node(), &AnnotationPrefix::default())
+            .unwrap()
+            .and_then(|(_, confirmation)| confirmation)
+    }
+
     fn row(boot_ms: u64, wall: &str, value: &str) -> CachedNode {
         CachedNode {
             annotations: BTreeMap::from([("ssh.nodegate.dev/g.root.00".into(), value.into())]),
@@ -1110,7 +1121,7 @@ mod tests {
             cache.load(&node(), &p).unwrap().unwrap().annotations.len(),
             1
         );
-        assert_eq!(cache.watch_confirmation(&node(), &p).unwrap(), None);
+        assert_eq!(confirmation(&mut cache), None);
     }
 
     #[test]
@@ -1138,16 +1149,16 @@ mod tests {
         cache.store_watched(&node(), &p, &watched).unwrap();
         assert_eq!(cache.load(&node(), &p).unwrap(), Some(watched.clone()));
         assert_eq!(cache.last_failure(&node(), &p).unwrap(), None);
-        let confirmed = cache.watch_confirmation(&node(), &p).unwrap().unwrap();
+        let confirmed = confirmation(&mut cache).unwrap();
         assert_eq!(confirmed.stamp, watched.stamp);
         let later = WatchConfirmation {
             stamp: row(8500, "2026-12-01T00:00:08Z", "").stamp,
             credentials: "c".into(),
         };
         cache.confirm_watch(&node(), &p, &later).unwrap();
-        assert_eq!(cache.watch_confirmation(&node(), &p).unwrap(), Some(later));
+        assert_eq!(confirmation(&mut cache), Some(later));
         cache.withdraw_watch(&node(), &p).unwrap();
-        assert_eq!(cache.watch_confirmation(&node(), &p).unwrap(), None);
+        assert_eq!(confirmation(&mut cache), None);
         assert_eq!(
             cache.load(&node(), &p).unwrap(),
             Some(watched),

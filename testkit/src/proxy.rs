@@ -76,7 +76,7 @@ impl Drop for CuttableProxy {
 }
 
 /// Copies `from` to `to` until either ends, then ends both directions of `to`'s peer.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
+pub fn pump(mut from: TcpStream, mut to: TcpStream) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         match from.read(&mut buf) {

@@ -281,49 +281,27 @@ pub fn run(settings: &Settings, verbose: bool) -> Result<(), AgentError> {
                         if let Some(events) = &events {
                             let _ = events.uid.send(uid);
                         }
-                        let changed = view.as_ref().is_none_or(|v| v.annotations != annotations);
-                        store_watched(
-                            &mut cache,
-                            &node,
-                            &prefix,
-                            &annotations,
-                            &credentials,
-                            &mut log,
-                        );
+                        // Written with its confirmation: the next one is due a second later.
                         last_confirm = Some(Instant::now());
-                        if changed {
-                            report_invalid(&prefix, &annotations, &mut log);
-                        }
-                        view = Some(View {
+                        enforce_now = take_view(
+                            &mut view,
+                            (&mut cache, &node, &prefix, &mut log),
                             annotations,
                             credentials,
-                            live: true,
-                            down_since: None,
-                            from_api: true,
-                        });
-                        enforce_now = changed;
+                            true,
+                        );
                     }
                     WatchNews::NodeGone { credentials } => {
                         log.warn(format_args!(
                             "Node {node} does not exist: no grants apply to this machine"
                         ));
-                        let annotations = BTreeMap::new();
-                        store_watched(
-                            &mut cache,
-                            &node,
-                            &prefix,
-                            &annotations,
-                            &credentials,
-                            &mut log,
-                        );
-                        view = Some(View {
-                            annotations,
+                        enforce_now = take_view(
+                            &mut view,
+                            (&mut cache, &node, &prefix, &mut log),
+                            BTreeMap::new(),
                             credentials,
-                            live: false,
-                            down_since: Some(Instant::now()),
-                            from_api: true,
-                        });
-                        enforce_now = true;
+                            false,
+                        );
                     }
                     WatchNews::Live => {
                         if let Some(v) = view.as_mut()
@@ -461,24 +439,43 @@ fn describe(news: &WatchNews) -> String {
     }
 }
 
-fn store_watched(
-    cache: &mut Cache,
-    node: &NodeName,
-    prefix: &nodegate_core::AnnotationPrefix,
-    annotations: &BTreeMap<String, String>,
-    credentials: &str,
-    log: &mut Logger,
-) {
+/// Takes what the API holds now (`live`: through an open watch; otherwise the Node is gone):
+/// writes it to the cache with its confirmation, reports invalid grants when it changed, and
+/// says whether it changed (the sessions are then judged at once).
+fn take_view(
+    view: &mut Option<View>,
+    (cache, node, prefix, log): (
+        &mut Cache,
+        &NodeName,
+        &nodegate_core::AnnotationPrefix,
+        &mut Logger,
+    ),
+    annotations: BTreeMap<String, String>,
+    credentials: String,
+    live: bool,
+) -> bool {
+    let changed = view.as_ref().is_none_or(|v| v.annotations != annotations);
     let row = CachedNode {
-        annotations: annotations.clone(),
+        annotations,
         stamp: Stamp::from(&Moment::now()),
-        credentials: credentials.to_owned(),
+        credentials,
     };
     if let Err(e) = cache.store_watched(node, prefix, &row) {
         log.warn(format_args!(
             "cannot write the Node's grants to the cache: {e}; logins ask the API themselves"
         ));
     }
+    if changed {
+        report_invalid(prefix, &row.annotations, log);
+    }
+    *view = Some(View {
+        annotations: row.annotations,
+        credentials: row.credentials,
+        live,
+        down_since: (!live).then(Instant::now),
+        from_api: true,
+    });
+    changed
 }
 
 fn report_invalid(
